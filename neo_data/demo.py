@@ -104,8 +104,12 @@ FORMATS: tuple[ImageFormat, ...] = ("jpeg", "png", "webp")
 FORMAT_WEIGHTS = (0.45, 0.35, 0.2)
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 ENCODING_QUALITY = 90
-MIN_SIDE, MAX_SIDE = 64, 768
+# Short side at least 96 px, so a cell holding four objects still draws each at 8 px or more.
+MIN_SIDE, MAX_SIDE = 96, 768
+SLOT_MARGIN = 1.5  # px between an object and its slot's edge
+MIN_FONT_SIZE = 8
 
+DEFAULT_CAPTIONS, DEFAULT_CONVERSATIONS, DEFAULT_TEXTS = 400, 200, 300
 CAPTION_SOURCE = "demo-captions"
 CONVERSATION_SOURCE = "demo-conversations"
 TEXT_SOURCE = "demo-text"
@@ -123,6 +127,13 @@ SYSTEM_PROMPTS = (
 # ---------------------------------------------------------------------------------------------
 
 
+def _require(field: str, value: object, valid: Iterable[object]) -> None:
+    """Raise a ValueError naming the field, the bad value and the valid ones."""
+    valid = tuple(valid)
+    if value not in valid:
+        raise ValueError(f"{field}: {value!r} is not one of {valid}")
+
+
 @dataclass(frozen=True)
 class ShapeGroup:
     """``count`` identical shapes of one colour inside one cell of the 3x3 grid."""
@@ -131,6 +142,12 @@ class ShapeGroup:
     colour: str
     count: int
     position: str
+
+    def __post_init__(self) -> None:
+        _require("ShapeGroup.shape", self.shape, SHAPES)
+        _require("ShapeGroup.colour", self.colour, PALETTE)
+        _require("ShapeGroup.count", self.count, range(1, MAX_COUNT + 1))
+        _require("ShapeGroup.position", self.position, POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,17 @@ class Scene:
     word_colour: str | None = None
     word_position: str | None = None
     layout_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require("Scene.background", self.background, PALETTE)
+        if self.word is None:
+            if not self.groups or self.word_colour is not None or self.word_position is not None:
+                raise ValueError("Scene: a shapes scene needs groups and no word_* fields")
+            return
+        if self.groups:
+            raise ValueError("Scene: a word scene has no shape groups")
+        _require("Scene.word_colour", self.word_colour, PALETTE)
+        _require("Scene.word_position", self.word_position, WORD_POSITIONS)
 
     @property
     def kind(self) -> Literal["shapes", "word"]:
@@ -332,11 +360,11 @@ def qa_for(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1
 
 
-def _cell_box(position: str, size: tuple[int, int]) -> Box:
-    """Pixel box of one cell of the 3x3 grid."""
+def _cell_box(position: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Pixel box ``[x0, x1) x [y0, y1)`` of one cell of the 3x3 grid (whole pixels)."""
     width, height = size
     row, col = divmod(POSITIONS.index(position), 3)
-    return (col * width / 3, row * height / 3, (col + 1) * width / 3, (row + 1) * height / 3)
+    return (col * width // 3, row * height // 3, (col + 1) * width // 3, (row + 1) * height // 3)
 
 
 def _word_box(position: str, size: tuple[int, int]) -> Box:
@@ -362,12 +390,11 @@ def _shape_points(shape: str, cx: float, cy: float, s: float) -> list[tuple[floa
         return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
     if shape == "diamond":  # narrower than tall, so it is never a rotated square
         return [(cx, cy - r), (cx + 0.7 * r, cy), (cx, cy + r), (cx - 0.7 * r, cy)]
-    if shape == "cross":
-        t = r / 3
-        xs, ys = (-r, -t, t, r), (-r, -t, t, r)
-        outline = [(1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (2, 2), (2, 3), (1, 3), (1, 2), (0, 2)]
-        outline += [(0, 1), (1, 1)]
-        return [(cx + xs[i], cy + ys[j]) for i, j in outline]
+    if shape == "cross":  # a plus sign with arms a third of its size thick
+        ticks = (-r, -r / 3, r / 3, r)
+        corners = ((1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (2, 2),
+                   (2, 3), (1, 3), (1, 2), (0, 2), (0, 1), (1, 1))  # fmt: skip
+        return [(cx + ticks[i], cy + ticks[j]) for i, j in corners]
     if shape == "star":
         radii, n, start = (r, 0.45 * r), 10, -math.pi / 2
     elif shape == "hexagon":
@@ -384,16 +411,21 @@ def _shape_points(shape: str, cx: float, cy: float, s: float) -> list[tuple[floa
 def _draw_group(
     draw: ImageDraw.ImageDraw, group: ShapeGroup, size: tuple[int, int], rng: random.Random
 ) -> None:
-    """Draw a group's objects in distinct slots of its cell (objects never overlap or leave it)."""
+    """Draw a group's objects, one per slot of its cell.
+
+    Each object keeps ``SLOT_MARGIN`` px from its slot's edges, so objects never touch each
+    other or leave their cell: a connected-component count of the pixels equals ``count``.
+    """
     x0, y0, x1, y1 = _cell_box(group.position, size)
     rows, cols = _slot_grid(group.count, x1 - x0, y1 - y0)
     slot_w, slot_h = (x1 - x0) / cols, (y1 - y0) / rows
+    room_w, room_h = slot_w - 2 * SLOT_MARGIN, slot_h - 2 * SLOT_MARGIN
     fill = PALETTE[group.colour]
     for slot in rng.sample(range(rows * cols), group.count):
         row, col = divmod(slot, cols)
-        s = min(slot_w, slot_h) * rng.uniform(0.6, 0.85)
-        cx = x0 + col * slot_w + s / 2 + rng.uniform(0, slot_w - s)
-        cy = y0 + row * slot_h + s / 2 + rng.uniform(0, slot_h - s)
+        s = min(room_w, room_h) * rng.uniform(0.65, 0.9)
+        cx = x0 + col * slot_w + SLOT_MARGIN + s / 2 + rng.uniform(0, room_w - s)
+        cy = y0 + row * slot_h + SLOT_MARGIN + s / 2 + rng.uniform(0, room_h - s)
         if group.shape == "circle":
             draw.ellipse((cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2), fill=fill)
         else:
@@ -406,24 +438,33 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def _draw_word(
-    draw: ImageDraw.ImageDraw, scene: Scene, size: tuple[int, int], rng: random.Random
+    draw: ImageDraw.ImageDraw,
+    word: str,
+    colour: str,
+    position: str,
+    size: tuple[int, int],
+    rng: random.Random,
 ) -> None:
-    """Draw the word at 60..100% of the largest size that fits its box (70% of the row height)."""
-    assert scene.word is not None and scene.word_position is not None
-    x0, y0, x1, y1 = _word_box(scene.word_position, size)
+    """Draw ``word`` inside its row's box with its centre in the middle third of the width.
+
+    The font is 60..100% of the largest size that fits 70% of the row height and the box width;
+    keeping the centre in the middle column makes "at the top" mean what it means for shapes.
+    """
+    x0, y0, x1, y1 = _word_box(position, size)
     ref = 64
-    left, top, right, bottom = draw.textbbox((0, 0), scene.word, font=_font(ref), anchor="mm")
+    left, top, right, bottom = draw.textbbox((0, 0), word, font=_font(ref), anchor="mm")
     fit = min((x1 - x0) / (right - left), 0.7 * (y1 - y0) / (bottom - top))
-    font_size = max(6, int(ref * fit * rng.uniform(0.6, 1.0)))
+    font_size = max(MIN_FONT_SIZE, int(ref * fit * rng.uniform(0.6, 1.0)))
     while True:  # text size is not exactly linear in font size: shrink until it fits
         font = _font(font_size)
-        left, top, right, bottom = draw.textbbox((0, 0), scene.word, font=font, anchor="mm")
-        if (right - left <= x1 - x0 and bottom - top <= y1 - y0) or font_size <= 6:
+        left, top, right, bottom = draw.textbbox((0, 0), word, font=font, anchor="mm")
+        if (right - left <= x1 - x0 and bottom - top <= y1 - y0) or font_size <= MIN_FONT_SIZE:
             break
         font_size -= 1
-    cx = rng.uniform(x0 - left, max(x0 - left, x1 - right))
+    lo, hi = max(x0 - left, size[0] / 3), min(x1 - right, 2 * size[0] / 3)
+    cx = rng.uniform(lo, hi) if lo <= hi else size[0] / 2
     cy = rng.uniform(y0 - top, max(y0 - top, y1 - bottom))
-    draw.text((cx, cy), scene.word, font=font, fill=PALETTE[scene.word_colour], anchor="mm")
+    draw.text((cx, cy), word, font=font, fill=PALETTE[colour], anchor="mm")
 
 
 def render_scene(scene: Scene, size: tuple[int, int], fmt: ImageFormat = "png") -> bytes:
@@ -436,20 +477,20 @@ def render_scene(scene: Scene, size: tuple[int, int], fmt: ImageFormat = "png") 
     draw = ImageDraw.Draw(image)
     rng = random.Random(scene.layout_seed)
     if scene.word is not None:
-        _draw_word(draw, scene, size, rng)
+        _draw_word(draw, scene.word, scene.word_colour, scene.word_position, size, rng)
     for group in scene.groups:
         _draw_group(draw, group, size, rng)
     return encode_image(image, ImageEncoding(format=fmt, quality=ENCODING_QUALITY))
 
 
 def sample_image_size(rng: random.Random) -> tuple[int, int]:
-    """(width, height), sides in 64..768: mostly aspect 1:2..2:1, one in eight 3:1..6:1."""
+    """(width, height), sides in 96..768: mostly aspect 1:2..2:1, one in eight 3:1..6:1."""
     if rng.random() < 0.125:
         aspect = rng.uniform(3.0, 6.0)
-        long_side = rng.randint(384, MAX_SIDE)
+        long_side = rng.randint(6 * MIN_SIDE, MAX_SIDE)
     else:
         aspect = math.exp(rng.uniform(0.0, math.log(2.0)))
-        long_side = round(math.exp(rng.uniform(math.log(96), math.log(MAX_SIDE))))
+        long_side = round(math.exp(rng.uniform(math.log(MIN_SIDE), math.log(MAX_SIDE))))
     short_side = max(MIN_SIDE, round(long_side / aspect))
     return (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
 
@@ -670,8 +711,9 @@ def _render_images(
 
 
 def _row(
-    kind: str, source: str, seed: int, row: int, url: str, meta: dict[str, Any], **columns: Any
+    kind: str, source: str, seed: int, row: int, *, url: str, meta: dict[str, Any], **columns: Any
 ) -> dict[str, Any]:
+    """A curated row: lineage, ``meta`` JSON, and the kind's own columns (the rest null)."""
     base = {
         "sample_id": f"{source}-{seed}-{row:06d}",
         "kind": kind,
@@ -699,7 +741,9 @@ def caption_row(seed: int, row: int) -> dict[str, Any]:
     url = f"demo://captions/{row:06d}.{EXTENSIONS[image_meta[0]['format']]}"
     caption = {"text": caption_for(scene), "provenance": ORIGINAL_PROVENANCE}
     meta = {"scenes": [scene.to_meta()], "images": image_meta}
-    return _row("caption", CAPTION_SOURCE, seed, row, url, meta, images=images, captions=[caption])
+    return _row(
+        "caption", CAPTION_SOURCE, seed, row, url=url, meta=meta, images=images, captions=[caption]
+    )
 
 
 def conversation_row(seed: int, row: int) -> dict[str, Any]:
@@ -713,26 +757,19 @@ def conversation_row(seed: int, row: int) -> dict[str, Any]:
     chat = _one_image_chat(scenes[0], rng) if len(scenes) == 1 else _two_image_chat(scenes, rng)
     meta = {"scenes": [s.to_meta() for s in scenes], "images": image_meta}
     url = f"demo://conversations/{row:06d}"
-    return _row(
-        "conversation",
-        CONVERSATION_SOURCE,
-        seed,
-        row,
-        url,
-        meta,
-        images=images,
-        conversation=system + chat,
-    )
+    columns = {"images": images, "conversation": system + chat}
+    return _row("conversation", CONVERSATION_SOURCE, seed, row, url=url, meta=meta, **columns)
 
 
 def text_row(seed: int, row: int) -> dict[str, Any]:
     """Row ``row`` of ``demo-text``: a short synthetic document, every token supervised."""
     text, topics, scenes = _text_document(_rng(seed, "text", row))
-    meta = {"topics": topics, "scenes": [s.to_meta() for s in scenes]}
-    return _row("text", TEXT_SOURCE, seed, row, f"demo://text/{row:06d}.txt", meta, text=text)
+    meta = {"topics": topics, "described_scenes": [s.to_meta() for s in scenes]}
+    url = f"demo://text/{row:06d}.txt"
+    return _row("text", TEXT_SOURCE, seed, row, url=url, meta=meta, text=text)
 
 
-# File stem -> (row builder); the stem is the source name without "demo-".
+# File stem -> row builder, in writing order; the stem is the source name without "demo-".
 ROW_BUILDERS: dict[str, Callable[[int, int], dict[str, Any]]] = {
     "captions": caption_row,
     "conversations": conversation_row,
@@ -749,9 +786,9 @@ def _write_rows(fs: fsspec.AbstractFileSystem, path: str, rows: list[dict[str, A
 def write_demo_dataset(
     out_dir: str,
     *,
-    captions: int = 400,
-    conversations: int = 200,
-    texts: int = 300,
+    captions: int = DEFAULT_CAPTIONS,
+    conversations: int = DEFAULT_CONVERSATIONS,
+    texts: int = DEFAULT_TEXTS,
     seed: int = 0,
     rows_per_file: int = 256,
 ) -> list[str]:
@@ -761,13 +798,12 @@ def write_demo_dataset(
     with at most ``rows_per_file`` rows each; a count of 0 writes no file for that kind.
     Returns the written paths, spelled like ``out_dir``, in writing order.
     """
-    counts = {"captions": captions, "conversations": conversations, "text": texts}
-    for name, value, least in [
-        *((k, v, 0) for k, v in counts.items()),
-        ("rows_per_file", rows_per_file, 1),
-    ]:
+    limits = {"captions": 0, "conversations": 0, "texts": 0, "rows_per_file": 1}
+    values = [captions, conversations, texts, rows_per_file]
+    for (name, least), value in zip(limits.items(), values, strict=True):
         if value < least:
             raise ValueError(f"write_demo_dataset: {name}={value}, must be at least {least}")
+    counts = dict(zip(ROW_BUILDERS, (captions, conversations, texts), strict=True))
     fs, root = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(root, exist_ok=True)
     paths = []
@@ -787,7 +823,10 @@ def write_demo_dataset(
 
 
 def training_scenes(
-    seed: int, captions: int = 400, conversations: int = 200, texts: int = 300
+    seed: int,
+    captions: int = DEFAULT_CAPTIONS,
+    conversations: int = DEFAULT_CONVERSATIONS,
+    texts: int = DEFAULT_TEXTS,
 ) -> list[Scene]:
     """Every scene the dataset of these arguments shows or describes, without rendering any."""
     scenes = [make_scene(_rng(seed, "captions", r)) for r in range(captions)]
@@ -799,7 +838,12 @@ def training_scenes(
 
 
 def held_out_scenes(
-    seed: int, n: int, *, captions: int = 400, conversations: int = 200, texts: int = 300
+    seed: int,
+    n: int,
+    *,
+    captions: int = DEFAULT_CAPTIONS,
+    conversations: int = DEFAULT_CONVERSATIONS,
+    texts: int = DEFAULT_TEXTS,
 ) -> list[Scene]:
     """``n`` distinct scenes that the training set of ``seed`` (and these counts) never has.
 

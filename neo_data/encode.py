@@ -75,7 +75,13 @@ class EncodedSample:
 
     @property
     def max_image_tokens_per_image(self) -> int:
-        return max(((h // 32) * (w // 32) for h, w in zip(self.image_heights, self.image_widths, strict=True)), default=0)
+        return max(
+            (
+                (h // 32) * (w // 32)
+                for h, w in zip(self.image_heights, self.image_widths, strict=True)
+            ),
+            default=0,
+        )
 
     @property
     def num_supervised(self) -> int:
@@ -117,7 +123,9 @@ class SampleEncoder:
 
         n = len(rendered.input_ids)
         if n > self.s.seq_len:
-            raise SampleRejected("too_long_for_budget", f"{n} tokens > pack budget {self.s.seq_len}")
+            raise SampleRejected(
+                "too_long_for_budget", f"{n} tokens > pack budget {self.s.seq_len}"
+            )
         t, h, w, ordinal = thw_indices(rendered.input_ids, [p.grid for p in prepared])
         sample = EncodedSample(
             input_ids=rendered.input_ids,

@@ -56,7 +56,7 @@ class PackSpec(_Strict):
 
     tokenizer: str = "builtin:qwen3"
     seq_len: Annotated[int | None, Field(gt=0)] = None  # default by stage
-    max_image_tokens: Annotated[int | None, Field(gt=0)] = None  # per pack; default seq_len * 3/4
+    max_image_tokens: Annotated[int | None, Field(gt=0)] = None  # per pack; default seq_len
     min_pixels: Annotated[int | None, Field(gt=0)] = None  # default by stage
     max_pixels: Annotated[int | None, Field(gt=0)] = None
     max_decode_pixels: Annotated[int, Field(gt=0)] = 178_956_970  # Pillow's bomb limit x2
@@ -82,7 +82,9 @@ class PackSpec(_Strict):
     def _buckets_increase(self) -> PackSpec:
         bounds = [b.max_image_tokens for b in self.buckets]
         if bounds != sorted(set(bounds)):
-            raise ValueError(f"buckets must have strictly increasing max_image_tokens, got {bounds}")
+            raise ValueError(
+                f"buckets must have strictly increasing max_image_tokens, got {bounds}"
+            )
         names = [b.name for b in self.buckets]
         if len(set(names)) != len(names):
             raise ValueError(f"bucket names must be unique, got {names}")
@@ -104,7 +106,9 @@ class Manifest(_Strict):
     def _budgets(self) -> Manifest:
         pack = self.resolved_pack()
         if pack.min_pixels > pack.max_pixels:
-            raise ValueError(f"pack.min_pixels {pack.min_pixels} > pack.max_pixels {pack.max_pixels}")
+            raise ValueError(
+                f"pack.min_pixels {pack.min_pixels} > pack.max_pixels {pack.max_pixels}"
+            )
         need = pack.max_pixels // 1024
         if pack.buckets[-1].max_image_tokens < need:
             raise ValueError(
@@ -121,7 +125,7 @@ class Manifest(_Strict):
         return self.pack.model_copy(
             update={
                 "seq_len": seq_len,
-                "max_image_tokens": self.pack.max_image_tokens or seq_len * 3 // 4,
+                "max_image_tokens": self.pack.max_image_tokens or seq_len,
                 "min_pixels": self.pack.min_pixels or lo,
                 "max_pixels": self.pack.max_pixels or hi,
             }

@@ -324,7 +324,9 @@ def plan_shards(lengths: pa.Table, manifest: Manifest) -> Plan:
                 pack.max_image_tokens,
                 seed=pack.seed + w,
             )
-            packs = [[(win["unit_id"][idx[g]], int(win["row"][idx[g]])) for g in grp] for grp in groups]
+            packs = [
+                [(win["unit_id"][idx[g]], int(win["row"][idx[g]])) for g in grp] for grp in groups
+            ]
             for s in range(0, len(packs), pack.packs_per_shard):
                 plan.shards.append(ShardPlan(b, next_shard[b], packs[s : s + pack.packs_per_shard]))
                 next_shard[b] += 1
@@ -367,46 +369,41 @@ def _spread_text(
 # ---------------------------------------------------------------------------------------------
 
 
-class AssignShard:
-    """Ray Data stage: tag each encoded row with its shard, pack and position (or drop it)."""
-
-    def __init__(self, lookup: dict[tuple[str, int], tuple[str, int, int]]):
-        self.lookup = lookup  # (unit_id, row) -> (shard path, pack, position in pack)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        keys = zip(batch["unit_id"].to_pylist(), batch["row"].to_pylist(), strict=True)
-        hits = [self.lookup.get(k) for k in keys]
-        mask = pa.array([h is not None for h in hits])
-        batch = batch.filter(mask)
-        hits = [h for h in hits if h is not None]
-        return (
-            batch.append_column("shard", pa.array([h[0] for h in hits], pa.string()))
-            .append_column("pack", pa.array([h[1] for h in hits], pa.int32()))
-            .append_column("position", pa.array([h[2] for h in hits], pa.int32()))
-        )
+def assign_shard(batch: pa.Table, lookup: dict[tuple[str, int], tuple[str, int, int]]) -> pa.Table:
+    """Ray Data stage: tag each encoded row with its shard, pack and position in the pack; rows
+    the plan does not pack (text over the ratio, shards already done) are dropped here."""
+    keys = zip(batch["unit_id"].to_pylist(), batch["row"].to_pylist(), strict=True)
+    hits = [lookup.get(k) for k in keys]
+    batch = batch.filter(pa.array([h is not None for h in hits]))
+    hits = [h for h in hits if h is not None]
+    return (
+        batch.append_column("shard", pa.array([h[0] for h in hits], pa.string()))
+        .append_column("pack", pa.array([h[1] for h in hits], pa.int32()))
+        .append_column("position", pa.array([h[2] for h in hits], pa.int32()))
+    )
 
 
-class BuildShard:
-    """Ray Data ``map_groups`` stage: all rows of one shard in, the shard written, its info out."""
+def build_shard(group: pa.Table, output: str, bucket_of_shard: dict[str, str]) -> pa.Table:
+    """Ray Data ``map_groups`` stage: all rows of one shard in, the shard written, its info out.
 
-    def __init__(self, output: str, bucket_of_shard: dict[str, str]):
-        self.fs, self.root = url_to_fs(output)
-        self.bucket_of_shard = bucket_of_shard
-
-    def __call__(self, group: pa.Table) -> pa.Table:
-        path = group["shard"][0].as_py()
-        bucket = self.bucket_of_shard[path]
-        group = group.sort_by([("pack", "ascending"), ("position", "ascending")])
-        rows = group.drop_columns(["shard", "unit_id", "row", "num_tokens", "num_image_tokens"]).to_pylist()
-        packs_of = group["pack"].to_pylist()
-        stem = path.rsplit("/", 1)[-1].removesuffix(".parquet").removeprefix("shard-")
-        packs = []
-        for p in sorted(set(packs_of)):
-            samples = [r for r, q in zip(rows, packs_of, strict=True) if q == p]
-            packs.append(build_pack(f"{bucket}-{stem}-{p:04d}", bucket, samples))
-        info = write_shard(self.fs, self.root, path, bucket, packs)
-        atomic_write(self.fs, _shard_marker(self.root, path), json.dumps(asdict(info)).encode())
-        return pa.Table.from_pylist([{"info": json.dumps(asdict(info))}])
+    Stateless tasks (not actors), so a small cluster never deadlocks with every CPU held by an
+    idle actor of another stage."""
+    fs, root = url_to_fs(output)
+    path = group["shard"][0].as_py()
+    bucket = bucket_of_shard[path]
+    group = group.sort_by([("pack", "ascending"), ("position", "ascending")])
+    packs_of = group["pack"].to_pylist()
+    rows = group.drop_columns(
+        ["shard", "unit_id", "row", "num_tokens", "num_image_tokens"]
+    ).to_pylist()
+    stem = path.rsplit("/", 1)[-1].removesuffix(".parquet").removeprefix("shard-")
+    by_pack: dict[int, list[dict]] = {}
+    for r, p in zip(rows, packs_of, strict=True):
+        by_pack.setdefault(p, []).append(r)
+    packs = [build_pack(f"{bucket}-{stem}-{p:04d}", bucket, by_pack[p]) for p in sorted(by_pack)]
+    info = write_shard(fs, root, path, bucket, packs)
+    atomic_write(fs, _shard_marker(root, path), json.dumps(asdict(info)).encode())
+    return pa.Table.from_pylist([{"info": json.dumps(asdict(info))}])
 
 
 def _shard_marker(root: str, path: str) -> str:
@@ -434,7 +431,9 @@ class PackResult:
     skipped: bool  # True when the dataset was already complete
 
 
-def run_pack(manifest: Manifest, *, concurrency: int | None = None, keep_work: bool = False) -> PackResult:
+def run_pack(
+    manifest: Manifest, *, concurrency: int | None = None, keep_work: bool = False
+) -> PackResult:
     """Run (or resume) the pack job of ``manifest``; returns the index of the packed dataset."""
     import ray
 
@@ -463,11 +462,13 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None, keep_work: b
     conc = concurrency or cpus
 
     # 1. encode
-    stats_ds = ray.data.from_items([asdict(u) for u in units], override_num_blocks=max(1, len(units))).map_batches(
+    stats_ds = ray.data.from_items(
+        [asdict(u) for u in units], override_num_blocks=max(1, len(units))
+    ).map_batches(
         EncodeUnits,
         fn_constructor_args=(manifest_json, output),
         batch_size=1,
-        concurrency=(1, min(conc, max(1, len(units)))),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(conc, max(1, len(units)))),
         num_cpus=1,
     )
     unit_stats = [json.loads(r["stats"]) for r in stats_ds.take_all()]
@@ -475,12 +476,23 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None, keep_work: b
 
     # 2. plan
     encoded_files = [join(root, WORK_DIR, "encoded", f"{u.unit_id}.parquet") for u in units]
-    length_cols = ["unit_id", "row", "sample_id", "source", "text_only", "bucket", "num_tokens", "num_image_tokens"]
+    length_cols = [
+        "unit_id",
+        "row",
+        "sample_id",
+        "source",
+        "text_only",
+        "bucket",
+        "num_tokens",
+        "num_image_tokens",
+    ]
     tables = []
     for path in encoded_files:
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f, columns=length_cols))
-    lengths = pa.concat_tables(tables) if tables else ENCODED_SCHEMA.empty_table().select(length_cols)
+    lengths = (
+        pa.concat_tables(tables) if tables else ENCODED_SCHEMA.empty_table().select(length_cols)
+    )
     plan = plan_shards(lengths, manifest)
     if plan.text_surplus:
         _write_text_surplus(fs, root, plan, lengths, units)
@@ -502,13 +514,12 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None, keep_work: b
             schema=ENCODED_SCHEMA,
         )
         built = (
-            ds.map_batches(AssignShard, fn_constructor_args=(lookup,), batch_format="pyarrow", concurrency=1)
-            .groupby("shard")
+            ds.map_batches(assign_shard, fn_args=(lookup,), batch_format="pyarrow")
+            .groupby("shard", num_partitions=max(1, min(len(todo), 4 * conc)))
             .map_groups(
-                BuildShard,
-                fn_constructor_args=(output, {s.path: s.bucket for s in todo}),
+                build_shard,
+                fn_args=(output, {s.path: s.bucket for s in todo}),
                 batch_format="pyarrow",
-                concurrency=(1, conc),
             )
             .take_all()
         )
@@ -518,7 +529,15 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None, keep_work: b
 
     # 4. index, last
     shard_infos = [done[s.path] for s in plan.shards]
-    index = _make_index(manifest, mhash, shard_infos, unit_stats, len(plan.text_surplus), time.perf_counter() - t0, t_encode)
+    index = _make_index(
+        manifest,
+        mhash,
+        shard_infos,
+        unit_stats,
+        len(plan.text_surplus),
+        time.perf_counter() - t0,
+        t_encode,
+    )
     write_index(fs, root, index)
     if not keep_work:
         for sub in ("encoded", "shards"):
@@ -547,7 +566,10 @@ def _write_text_surplus(fs, root: str, plan: Plan, lengths: pa.Table, units: lis
     by_unit = {u.unit_id: u for u in units}
     ids = {
         (u, r): (sid, src)
-        for u, r, sid, src in zip(*(lengths[c].to_pylist() for c in ("unit_id", "row", "sample_id", "source")), strict=True)
+        for u, r, sid, src in zip(
+            *(lengths[c].to_pylist() for c in ("unit_id", "row", "sample_id", "source")),
+            strict=True,
+        )
     }
     rows = [
         {
@@ -599,11 +621,26 @@ def _make_index(
             {
                 "name": b.name,
                 "max_image_tokens": b.max_image_tokens,
-                **{k: sum(s[k] for s in mine) for k in ("packs", "samples", "text_samples", "tokens", "image_tokens", "bytes")},
+                **{
+                    k: sum(s[k] for s in mine)
+                    for k in ("packs", "samples", "text_samples", "tokens", "image_tokens", "bytes")
+                },
                 "shards": len(mine),
             }
         )
-    totals = {k: sum(s[k] for s in shards) for k in ("packs", "samples", "text_samples", "tokens", "image_tokens", "supervised_tokens", "images", "bytes")}
+    totals = {
+        k: sum(s[k] for s in shards)
+        for k in (
+            "packs",
+            "samples",
+            "text_samples",
+            "tokens",
+            "image_tokens",
+            "supervised_tokens",
+            "images",
+            "bytes",
+        )
+    }
     totals["samples_in"] = sum(s["rows_in"] for s in unit_stats)
     totals["dropped"] = dict(sorted(dropped.items()))
     totals["fill"] = totals["tokens"] / (totals["packs"] * pack.seq_len) if totals["packs"] else 0.0
@@ -612,7 +649,11 @@ def _make_index(
         "schema_version": PACKED_SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "manifest": {"name": manifest.name, "stage": manifest.stage, "sha256": mhash},
-        "tokenizer": {"spec": pack.tokenizer, "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
+        "tokenizer": {
+            "spec": pack.tokenizer,
+            "fingerprint": tok.fingerprint(),
+            "vocab_size": tok.vocab_size,
+        },
         "seq_len": pack.seq_len,
         "max_image_tokens": pack.max_image_tokens,
         "pixels": {"min": pack.min_pixels, "max": pack.max_pixels},
@@ -627,20 +668,28 @@ def _make_index(
 def format_summary(index: dict) -> str:
     """The table printed at the end of a pack job (and by ``neo shards stats``)."""
     t = index["totals"]
-    lines = [f"packed dataset {index['manifest']['name']} ({index['manifest']['stage']}), seq_len {index['seq_len']}"]
+    lines = [
+        f"packed dataset {index['manifest']['name']} ({index['manifest']['stage']}), seq_len {index['seq_len']}"
+    ]
     lines.append(f"  samples in        {t['samples_in']:>10,}")
     for reason, n in t["dropped"].items():
         lines.append(f"  dropped {reason:<24}{n:>10,}")
     mm = t["samples"] - t["text_samples"]
-    lines.append(f"  samples packed    {t['samples']:>10,}  (multimodal {mm:,}, text-only {t['text_samples']:,})")
+    lines.append(
+        f"  samples packed    {t['samples']:>10,}  (multimodal {mm:,}, text-only {t['text_samples']:,})"
+    )
     text_ratio = t["text_samples"] / t["samples"] if t["samples"] else 0.0
     lines.append(f"  text ratio        {text_ratio:>10.3f}  (of packed samples)")
     lines.append(f"  packs             {t['packs']:>10,}")
-    lines.append(f"  tokens            {t['tokens']:>10,}  (image {t['image_tokens']:,}, supervised {t['supervised_tokens']:,})")
+    lines.append(
+        f"  tokens            {t['tokens']:>10,}  (image {t['image_tokens']:,}, supervised {t['supervised_tokens']:,})"
+    )
     lines.append(f"  fill              {t['fill']:>10.4f}")
     lines.append(f"  bytes             {t['bytes']:>10,}")
     lines.append("")
-    lines.append(f"  {'bucket':<10}{'max img tok':>12}{'shards':>8}{'packs':>8}{'samples':>9}{'text':>7}{'fill':>8}")
+    lines.append(
+        f"  {'bucket':<10}{'max img tok':>12}{'shards':>8}{'packs':>8}{'samples':>9}{'text':>7}{'fill':>8}"
+    )
     for b in index["buckets"]:
         fill = b["tokens"] / (b["packs"] * index["seq_len"]) if b["packs"] else 0.0
         lines.append(
@@ -655,4 +704,3 @@ def verify_counts(index: dict) -> None:
     accounted = t["samples"] + sum(t["dropped"].values())
     if accounted != t["samples_in"]:
         raise RuntimeError(f"{t['samples_in']} samples in but {accounted} packed or dropped")
-

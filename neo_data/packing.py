@@ -1,6 +1,6 @@
 """Packing as two pure functions: choose groups of samples, then build one pack from a group.
 
-:func:`choose_groups` is best-fit decreasing under two budgets (tokens and image tokens): samples
+:func:`choose_groups` is first-fit decreasing under two budgets (tokens and image tokens): samples
 are never split, every group fits both budgets, and the result is a deterministic function of
 the inputs and the seed. :func:`build_pack` concatenates encoded samples into one shard row.
 """
@@ -10,11 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sortedcontainers import SortedList
-
-# How many fitting bins (by tokens) best-fit inspects for image-token room before opening a new
-# one; bounds the cost when the image budget, not the token budget, is what binds.
-_SCAN_LIMIT = 64
 
 
 def choose_groups(
@@ -24,7 +19,7 @@ def choose_groups(
     max_image_tokens: int,
     seed: int = 0,
 ) -> list[list[int]]:
-    """Group item indices into packs with best-fit decreasing.
+    """Group item indices into packs with first-fit decreasing under both budgets.
 
     Args:
         tokens: ``[N]`` tokens per item; each must be ``<= seq_len``.
@@ -44,29 +39,54 @@ def choose_groups(
     rng = np.random.default_rng(seed)
     tiebreak = rng.permutation(tokens.size)
     order = np.lexsort((tiebreak, -tokens))  # longest first, seeded among equals
-
+    rooms = _Rooms(max(1, tokens.size), seq_len, max_image_tokens)
     bins: list[list[int]] = []
-    room_img: list[int] = []
-    by_room = SortedList()  # (token room, bin index)
     for i in order.tolist():
         need, need_img = int(tokens[i]), int(image_tokens[i])
-        chosen = -1
-        start = by_room.bisect_left((need, -1))
-        for room, b in by_room.islice(start, start + _SCAN_LIMIT):
-            if room_img[b] >= need_img:
-                chosen = b
-                by_room.remove((room, b))
-                by_room.add((room - need, b))
-                break
-        if chosen < 0:
-            chosen = len(bins)
+        b = rooms.first_fit(need, need_img)
+        if b == len(bins):
             bins.append([])
-            room_img.append(max_image_tokens)
-            by_room.add((seq_len - need, chosen))
-        bins[chosen].append(i)
-        room_img[chosen] -= need_img
+        bins[b].append(i)
+        rooms.take(b, need, need_img)
     perm = rng.permutation(len(bins))
     return [bins[j] for j in perm]
+
+
+class _Rooms:
+    """Token and image-token room of every bin, in a max segment tree over bin numbers, so
+    "the first bin with room for both" is a pruned descent rather than a scan of all bins.
+
+    Unopened bins have full room, so the first fit of an item no open bin can take is the next
+    new bin.
+    """
+
+    def __init__(self, capacity: int, seq_len: int, max_image_tokens: int):
+        self.size = 1 << (capacity - 1).bit_length()
+        self.tok = np.full(2 * self.size, seq_len, dtype=np.int64)
+        self.img = np.full(2 * self.size, max_image_tokens, dtype=np.int64)
+
+    def first_fit(self, need: int, need_img: int) -> int:
+        tok, img = self.tok, self.img
+        stack = [1]
+        while stack:
+            node = stack.pop()
+            if tok[node] < need or img[node] < need_img:
+                continue  # nothing below fits both
+            if node >= self.size:
+                return node - self.size
+            stack.append(2 * node + 1)  # right after left: leftmost first
+            stack.append(2 * node)
+        raise ValueError(f"no bin fits {need} tokens / {need_img} image tokens")
+
+    def take(self, b: int, need: int, need_img: int) -> None:
+        node = b + self.size
+        self.tok[node] -= need
+        self.img[node] -= need_img
+        node //= 2
+        while node:
+            self.tok[node] = max(self.tok[2 * node], self.tok[2 * node + 1])
+            self.img[node] = max(self.img[2 * node], self.img[2 * node + 1])
+            node //= 2
 
 
 PER_TOKEN = ("input_ids", "labels", "t_index", "h_index", "w_index")

@@ -38,7 +38,9 @@ IMAGE_TYPE = pa.struct(
 PROVENANCE_TYPE = pa.struct(
     [
         pa.field("origin", pa.string()),  # "original" | "recaption"
-        pa.field("backend", pa.string()),  # e.g. "transformers", "vllm", "openai", "neo"; null for original
+        pa.field(
+            "backend", pa.string()
+        ),  # e.g. "transformers", "vllm", "openai", "neo"; null for original
         pa.field("model", pa.string()),  # model id or path
         pa.field("prompt_template", pa.string()),
         pa.field("prompt_sha256", pa.string()),
@@ -47,9 +49,7 @@ PROVENANCE_TYPE = pa.struct(
     ]
 )
 
-CAPTION_TYPE = pa.struct(
-    [pa.field("text", pa.string()), pa.field("provenance", PROVENANCE_TYPE)]
-)
+CAPTION_TYPE = pa.struct([pa.field("text", pa.string()), pa.field("provenance", PROVENANCE_TYPE)])
 
 TURN_TYPE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 
@@ -133,7 +133,9 @@ def check_schema(schema: pa.Schema, expected: pa.Schema, where: str) -> None:
     got_name = meta.get(b"neo.schema")
     got_version = meta.get(b"neo.schema_version")
     if got_name is not None and got_name != want_name:
-        raise SchemaMismatch(f"{where}: is a {got_name.decode()} file, expected {want_name.decode()}")
+        raise SchemaMismatch(
+            f"{where}: is a {got_name.decode()} file, expected {want_name.decode()}"
+        )
     if got_version is not None and got_version != want_version:
         raise SchemaMismatch(
             f"{where}: schema version {got_version.decode()}, this neo reads version "

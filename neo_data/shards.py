@@ -88,7 +88,9 @@ def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -
         compression=compression,
         row_group_size=row_group_size,
         use_dictionary=[n for n in ("bucket", "source", "reason") if n in table.schema.names],
-        write_statistics=["num_tokens", "num_image_tokens"] if "num_tokens" in table.schema.names else True,
+        write_statistics=["num_tokens", "num_image_tokens"]
+        if "num_tokens" in table.schema.names
+        else True,
     )
     return buf.getvalue()
 
@@ -145,7 +147,9 @@ class ShardInfo:
         )
 
 
-def write_shard(fs: fsspec.AbstractFileSystem, root: str, rel: str, bucket: str, rows: list[dict]) -> ShardInfo:
+def write_shard(
+    fs: fsspec.AbstractFileSystem, root: str, rel: str, bucket: str, rows: list[dict]
+) -> ShardInfo:
     """Write one shard atomically (one row group per pack) and describe it for the index."""
     table = packs_to_table(rows)
     data = table_to_parquet_bytes(table, row_group_size=1)
@@ -157,7 +161,9 @@ def write_index(fs: fsspec.AbstractFileSystem, root: str, index: dict) -> None:
     """The index is the commit point of a dataset: write it only after every shard exists."""
     missing = [s["path"] for s in index["shards"] if not fs.exists(join(root, s["path"]))]
     if missing:
-        raise RuntimeError(f"refusing to write the index: {len(missing)} shards missing, e.g. {missing[0]}")
+        raise RuntimeError(
+            f"refusing to write the index: {len(missing)} shards missing, e.g. {missing[0]}"
+        )
     atomic_write(fs, join(root, INDEX_NAME), json.dumps(index, indent=1, sort_keys=False).encode())
 
 
@@ -175,7 +181,9 @@ class PackedDataset:
         with self.fs.open(index_path, "rb") as f:
             self.index = json.load(f)
         if self.index.get("format") != PACKED_SCHEMA_NAME:
-            raise SchemaMismatch(f"{url}/{INDEX_NAME}: format {self.index.get('format')!r}, expected {PACKED_SCHEMA_NAME}")
+            raise SchemaMismatch(
+                f"{url}/{INDEX_NAME}: format {self.index.get('format')!r}, expected {PACKED_SCHEMA_NAME}"
+            )
         if self.index.get("schema_version") != PACKED_SCHEMA_VERSION:
             raise SchemaMismatch(
                 f"{url}/{INDEX_NAME}: schema version {self.index.get('schema_version')}, "
@@ -211,7 +219,9 @@ class PackedDataset:
         with self.fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             if not 0 <= pack < pf.metadata.num_row_groups:
-                raise IndexError(f"{path}: pack {pack} out of range 0..{pf.metadata.num_row_groups - 1}")
+                raise IndexError(
+                    f"{path}: pack {pack} out of range 0..{pf.metadata.num_row_groups - 1}"
+                )
             return pf.read_row_group(pack).to_pylist()[0]
 
     def iter_packs(self, buckets: list[str] | None = None) -> Iterator[dict]:

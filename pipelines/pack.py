@@ -1,7 +1,7 @@
 """Pack curated samples into resolution-bucketed NEO shards.
 
-    python -m pipelines.pack --manifest manifests/demo.yaml
-    ray job submit --working-dir . -- python -m pipelines.pack --manifest manifests/pretrain.yaml
+python -m pipelines.pack --manifest manifests/demo.yaml
+ray job submit --working-dir . -- python -m pipelines.pack --manifest manifests/pretrain.yaml
 """
 
 from __future__ import annotations
@@ -17,10 +17,21 @@ from neo_data.ray_env import init_ray
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="neo pack", description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", required=True, help="manifest YAML (local path or s3://)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a manifest value, e.g. --set data.packed=s3://bucket/packed")
-    ap.add_argument("--concurrency", type=int, default=None, help="encode/build workers (default: all CPUs)")
-    ap.add_argument("--keep-work", action="store_true", help="keep _work/ (intermediate encodings) after success")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a manifest value, e.g. --set data.packed=s3://bucket/packed",
+    )
+    ap.add_argument(
+        "--concurrency", type=int, default=None, help="encode/build workers (default: all CPUs)"
+    )
+    ap.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep _work/ (intermediate encodings) after success",
+    )
     args = ap.parse_args(argv)
     try:
         manifest = load_manifest(args.manifest, overrides=parse_overrides(args.set))

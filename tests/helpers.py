@@ -12,7 +12,9 @@ from PIL import Image
 from neo_data.schema import CURATED_SCHEMA
 
 
-def image_bytes(width: int, height: int, fmt: str = "PNG", color=(200, 30, 30), mode: str = "RGB") -> bytes:
+def image_bytes(
+    width: int, height: int, fmt: str = "PNG", color=(200, 30, 30), mode: str = "RGB"
+) -> bytes:
     img = Image.new(mode, (width, height), color if mode == "RGB" else None)
     buf = io.BytesIO()
     img.save(buf, format=fmt)
@@ -44,7 +46,9 @@ def caption_row(i: int, caption: str, images: list[bytes], source: str = "test")
     }
 
 
-def conversation_row(i: int, turns: list[tuple[str, str]], images: list[bytes], source: str = "chat") -> dict:
+def conversation_row(
+    i: int, turns: list[tuple[str, str]], images: list[bytes], source: str = "chat"
+) -> dict:
     return {
         "sample_id": f"{source}-{i:06d}",
         "kind": "conversation",
@@ -77,5 +81,7 @@ def text_row(i: int, text: str, source: str = "text") -> dict:
 
 
 def write_curated(path: str, rows: list[dict], row_group_size: int = 64) -> str:
-    pq.write_table(pa.Table.from_pylist(rows, schema=CURATED_SCHEMA), path, row_group_size=row_group_size)
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=CURATED_SCHEMA), path, row_group_size=row_group_size
+    )
     return path

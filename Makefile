@@ -1,0 +1,35 @@
+# Two doors for a fresh machine: `make demo` (the main job on the bundled demo data) and
+# `make test`. Both create .venv and install what they need; torch stays on the local CPU build
+# through constraints.txt (GPU machines install the package without it and keep their CUDA torch).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/neo demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check neo_data neo_model pipelines tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_pack.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,175 @@
+"""Pack benchmarks: throughput against bare Pillow, fill on a realistic mix, image encodings.
+
+    .venv/bin/python benchmarks/bench_pack.py [--images 240] [--workers 2]
+
+Prints three tables. Ratios are against baselines measured in the same run on the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from helpers import caption_row, write_curated  # noqa: E402
+
+from neo_data.encode import EncodeSettings, SampleEncoder  # noqa: E402
+from neo_data.images import ImageEncoding, encode_image, smart_resize  # noqa: E402
+from neo_data.mixes import realistic_mix  # noqa: E402
+from neo_data.packing import choose_groups  # noqa: E402
+from neo_data.tokens import load_tokenizer  # noqa: E402
+
+MIN_PIXELS, MAX_PIXELS = 256 * 256, 2048 * 2048
+
+
+def photo_like(rng: np.random.Generator, w: int, h: int) -> bytes:
+    """A JPEG with photo-like statistics (smooth gradients, texture, edges) at quality 90."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack(
+        [
+            127 + 60 * np.sin(xx / rng.uniform(20, 90) + c) * np.cos(yy / rng.uniform(20, 90) - c)
+            for c in range(3)
+        ],
+        -1,
+    )
+    noise = rng.normal(0, 12, (h, w, 3))
+    img = np.clip(base + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_images(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [photo_like(rng, int(rng.integers(256, 2049)), int(rng.integers(256, 2049))) for _ in range(n)]
+
+
+def bare_pillow(data: bytes) -> int:
+    """The baseline: decode, convert to RGB, bicubic resize to the NEO target."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    h, w = smart_resize(img.height, img.width, MIN_PIXELS, MAX_PIXELS)
+    return img.resize((w, h), Image.Resampling.BICUBIC).width
+
+
+_ENCODER: SampleEncoder | None = None
+
+
+def _encoder() -> SampleEncoder:
+    global _ENCODER
+    if _ENCODER is None:
+        settings = EncodeSettings(16384, 16384, MIN_PIXELS, MAX_PIXELS, 178_956_970, ImageEncoding())
+        _ENCODER = SampleEncoder(load_tokenizer(), settings)
+    return _ENCODER
+
+
+def neo_encode(row: dict) -> int:
+    """Everything the packer does per sample: decode, resize, encode, tokenize, T/H/W."""
+    return _encoder()(row).num_tokens
+
+
+def timed_pool(fn, items, workers: int) -> float:
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(fn, items[:workers], chunksize=1)  # warm up (tokenizer load, imports)
+        t0 = time.perf_counter()
+        pool.map(fn, items, chunksize=4)
+        return time.perf_counter() - t0
+
+
+def bench_throughput(images: list[bytes], workers: int) -> list[tuple[str, float, float]]:
+    rows = [caption_row(i, "A photo of a scene with some objects. " * 3, [b]) for i, b in enumerate(images)]
+    base = timed_pool(bare_pillow, images, workers)
+    enc = timed_pool(neo_encode, rows, workers)
+    out = [
+        ("bare Pillow decode+resize", len(images) / base, 1.0),
+        ("neo encode (per sample)", len(images) / enc, base / enc),
+    ]
+    # The whole Ray pack job (encode, plan, shuffle, write shards, index) on the same images.
+    import ray
+
+    from neo_data.manifest import parse_manifest
+    from neo_data.pack_job import run_pack
+    from neo_data.ray_env import init_ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(0, len(rows), 32):
+            write_curated(f"{tmp}/in-{k:05d}.parquet", rows[k : k + 32], row_group_size=32)
+        manifest = parse_manifest(
+            f"name: bench\ndata: {{curated: [{tmp}], packed: {tmp}/packed}}\npack: {{text_ratio: 0.0}}\n", "bench"
+        )
+        init_ray(num_cpus=workers)
+        t0 = time.perf_counter()
+        run_pack(manifest, concurrency=workers)
+        job = time.perf_counter() - t0
+        ray.shutdown()
+    out.append(("neo pack job on Ray (end to end)", len(images) / job, base / job))
+    return out
+
+
+def bench_fill() -> list[tuple[str, int, int, float, float]]:
+    rows = []
+    for n in (20_000, 200_000):
+        tok, img = realistic_mix(n, seed=0)
+        for seq_len, img_budget in ((16_384, 16_384), (16_384, 12_288), (32_768, 32_768)):
+            t0 = time.perf_counter()
+            groups = choose_groups(tok, img, seq_len, img_budget, seed=0)
+            dt = time.perf_counter() - t0
+            fill = tok.sum() / (len(groups) * seq_len)
+            rows.append((f"{n:,} samples, {seq_len:,} tok / {img_budget:,} img", len(groups), n, fill, dt))
+    return rows
+
+
+def bench_encodings(images: list[bytes]) -> list[tuple[str, float, float, float]]:
+    resized = []
+    for data in images[:24]:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        h, w = smart_resize(img.height, img.width, MIN_PIXELS, MAX_PIXELS)
+        resized.append(img.resize((w, h), Image.Resampling.BICUBIC))
+    raw = sum(im.width * im.height * 3 for im in resized)
+    out = []
+    for enc in (ImageEncoding("jpeg", 95), ImageEncoding("webp", 95), ImageEncoding("png")):
+        size, psnrs, t_dec = 0, [], 0.0
+        for im in resized:
+            data = encode_image(im, enc)
+            size += len(data)
+            t0 = time.perf_counter()
+            back = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64)
+            t_dec += time.perf_counter() - t0
+            mse = ((back - np.asarray(im, dtype=np.float64)) ** 2).mean()
+            psnrs.append(99.0 if mse == 0 else 10 * np.log10(255**2 / mse))
+        out.append((f"{enc.format} q{enc.quality}" if enc.format != "png" else "png", raw / size, float(np.mean(psnrs)), t_dec / len(resized) * 1e3))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=240)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    args = ap.parse_args()
+    images = make_images(args.images)
+    print(f"{args.images} photo-like JPEGs, sides 256..2048 px, smart resize {MIN_PIXELS}..{MAX_PIXELS} px, {args.workers} workers\n")
+
+    print(f"{'pack throughput':<36}{'images/s':>10}{'vs Pillow':>11}")
+    for name, rate, ratio in bench_throughput(images, args.workers):
+        print(f"{name:<36}{rate:>10.1f}{ratio:>11.2f}")
+
+    print(f"\n{'fill (first-fit decreasing)':<44}{'packs':>8}{'fill':>9}{'seconds':>9}")
+    for name, packs, _, fill, dt in bench_fill():
+        print(f"{name:<44}{packs:>8,}{fill:>9.4f}{dt:>9.2f}")
+
+    print(f"\n{'stored image encoding':<24}{'raw/size':>9}{'PSNR dB':>9}{'decode ms':>11}")
+    for name, ratio, psnr, ms in bench_encodings(images):
+        print(f"{name:<24}{ratio:>9.1f}{psnr:>9.1f}{ms:>11.1f}")
+
+
+if __name__ == "__main__":
+    main()

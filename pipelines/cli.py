@@ -1,0 +1,35 @@
+"""The ``neo`` command: one entry point for every job and browsing tool.
+
+neo demo [--out runs/demo]          the main job on the bundled demo data
+neo pack --manifest FILE            curated samples -> packed shards (pipelines/pack.py)
+neo manifest validate FILE...       check manifests, with file/line/path in every error
+neo shards stats|verify|show URL    look into a packed dataset (local or s3://)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> module whose main(argv) runs it
+COMMANDS = {
+    "demo": "pipelines.demo",
+    "pack": "pipelines.pack",
+    "manifest": "pipelines.manifest_cmd",
+    "shards": "pipelines.shards_cmd",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nneo: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

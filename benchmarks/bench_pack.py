@@ -51,7 +51,10 @@ def photo_like(rng: np.random.Generator, w: int, h: int) -> bytes:
 
 def make_images(n: int, seed: int = 0) -> list[bytes]:
     rng = np.random.default_rng(seed)
-    return [photo_like(rng, int(rng.integers(256, 2049)), int(rng.integers(256, 2049))) for _ in range(n)]
+    return [
+        photo_like(rng, int(rng.integers(256, 2049)), int(rng.integers(256, 2049)))
+        for _ in range(n)
+    ]
 
 
 def bare_pillow(data: bytes) -> int:
@@ -67,7 +70,9 @@ _ENCODER: SampleEncoder | None = None
 def _encoder() -> SampleEncoder:
     global _ENCODER
     if _ENCODER is None:
-        settings = EncodeSettings(16384, 16384, MIN_PIXELS, MAX_PIXELS, 178_956_970, ImageEncoding())
+        settings = EncodeSettings(
+            16384, 16384, MIN_PIXELS, MAX_PIXELS, 178_956_970, ImageEncoding()
+        )
         _ENCODER = SampleEncoder(load_tokenizer(), settings)
     return _ENCODER
 
@@ -86,7 +91,10 @@ def timed_pool(fn, items, workers: int) -> float:
 
 
 def bench_throughput(images: list[bytes], workers: int) -> list[tuple[str, float, float]]:
-    rows = [caption_row(i, "A photo of a scene with some objects. " * 3, [b]) for i, b in enumerate(images)]
+    rows = [
+        caption_row(i, "A photo of a scene with some objects. " * 3, [b])
+        for i, b in enumerate(images)
+    ]
     base = timed_pool(bare_pillow, images, workers)
     enc = timed_pool(neo_encode, rows, workers)
     out = [
@@ -102,9 +110,13 @@ def bench_throughput(images: list[bytes], workers: int) -> list[tuple[str, float
 
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(0, len(rows), 32):
-            write_curated(f"{tmp}/in-{k:05d}.parquet", rows[k : k + 32], row_group_size=32)
+            write_curated(f"{tmp}/in-{k:05d}.parquet", rows[k : k + 32], row_group_size=16)
+        # A real dataset has many windows; give each worker several here too.
+        window = max(32, len(rows) // (4 * workers))
         manifest = parse_manifest(
-            f"name: bench\ndata: {{curated: [{tmp}], packed: {tmp}/packed}}\npack: {{text_ratio: 0.0}}\n", "bench"
+            f"name: bench\ndata: {{curated: [{tmp}], packed: {tmp}/packed}}\n"
+            f"pack: {{text_ratio: 0.0, window_samples: {window}}}\n",
+            "bench",
         )
         init_ray(num_cpus=workers)
         t0 = time.perf_counter()
@@ -124,7 +136,9 @@ def bench_fill() -> list[tuple[str, int, int, float, float]]:
             groups = choose_groups(tok, img, seq_len, img_budget, seed=0)
             dt = time.perf_counter() - t0
             fill = tok.sum() / (len(groups) * seq_len)
-            rows.append((f"{n:,} samples, {seq_len:,} tok / {img_budget:,} img", len(groups), n, fill, dt))
+            rows.append(
+                (f"{n:,} samples, {seq_len:,} tok / {img_budget:,} img", len(groups), n, fill, dt)
+            )
     return rows
 
 
@@ -146,7 +160,14 @@ def bench_encodings(images: list[bytes]) -> list[tuple[str, float, float, float]
             t_dec += time.perf_counter() - t0
             mse = ((back - np.asarray(im, dtype=np.float64)) ** 2).mean()
             psnrs.append(99.0 if mse == 0 else 10 * np.log10(255**2 / mse))
-        out.append((f"{enc.format} q{enc.quality}" if enc.format != "png" else "png", raw / size, float(np.mean(psnrs)), t_dec / len(resized) * 1e3))
+        out.append(
+            (
+                f"{enc.format} q{enc.quality}" if enc.format != "png" else "png",
+                raw / size,
+                float(np.mean(psnrs)),
+                t_dec / len(resized) * 1e3,
+            )
+        )
     return out
 
 
@@ -156,7 +177,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
     images = make_images(args.images)
-    print(f"{args.images} photo-like JPEGs, sides 256..2048 px, smart resize {MIN_PIXELS}..{MAX_PIXELS} px, {args.workers} workers\n")
+    print(
+        f"{args.images} photo-like JPEGs, sides 256..2048 px, smart resize {MIN_PIXELS}..{MAX_PIXELS} px, {args.workers} workers\n"
+    )
 
     print(f"{'pack throughput':<36}{'images/s':>10}{'vs Pillow':>11}")
     for name, rate, ratio in bench_throughput(images, args.workers):

@@ -75,7 +75,8 @@ class PackSpec(_Strict):
     recaption_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5  # with caption_choice: mix
     image_encoding: ImageEncodingSpec = ImageEncodingSpec()
     packs_per_shard: Annotated[int, Field(gt=0)] = 64
-    window_samples: Annotated[int, Field(gt=0)] = 500_000
+    # Samples one worker encodes and packs together (memory: about this many resized images).
+    window_samples: Annotated[int, Field(gt=0)] = 8192
     seed: int = 0
 
     @model_validator(mode="after")

@@ -1,21 +1,20 @@
 """The pack job: curated samples -> resolution-bucketed packed shards, on Ray Data.
 
-Three steps, each resumable:
+The input's Parquet row groups are work units; consecutive units form **windows** of about
+``pack.window_samples`` samples. One Ray Data task packs one window, start to finish:
 
-1. **encode** (Ray Data, parallel): every work unit (one Parquet row group of the input) is
-   decoded, resized, tokenized and given T/H/W tables by :class:`~neo_data.encode.SampleEncoder`.
-   A unit writes ``_work/encoded/<unit>.parquet``, its rejected rows to ``rejected/<unit>.parquet``,
-   and last ``_work/units/<unit>.json`` (its stats: the unit's completion marker). A rerun skips
-   units that have the marker.
-2. **plan** (driver, reads only length columns): per window of units, select text-only samples at
-   the manifest's ratio, spread them over the buckets, group each bucket's samples with
-   best-fit decreasing, and cut the packs into shards. Pure and deterministic for a seed.
-3. **build** (Ray Data shuffle): encoded rows are routed to their shard with a ``groupby`` and
-   each shard is written atomically; ``_work/shards/<name>.json`` marks it done. Shards already
-   done are skipped on a rerun.
+1. **encode** every row (:class:`~neo_data.encode.SampleEncoder`: decode, smart resize, encode,
+   tokenize, T/H/W); rejected rows go to ``rejected/<unit>.parquet`` with their reason;
+2. **plan** (pure, deterministic for a seed): keep text-only samples at the manifest's ratio,
+   spread them over the buckets, group each bucket's samples by first-fit decreasing, cut the
+   packs into shards;
+3. **write** the shards atomically, then ``_work/windows/<window>.json`` (the window's
+   completion marker, holding its shard infos and counts).
 
-The index is written last. A rerun after success finds the index with the same manifest hash
-and does nothing.
+Image bytes are read once and written once: no intermediate copy, no shuffle. Windows run in
+parallel; a window's fill loss is at most one partial pack per bucket. A rerun after a crash
+redoes only unfinished windows (their shards come out identical); the index is written last,
+and a rerun after success finds it (same manifest hash) and does nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neo_data.encode import EncodeSettings, SampleEncoder, SampleRejected
-from neo_data.manifest import Manifest
+from neo_data.manifest import Manifest, PackSpec
 from neo_data.packing import build_pack, choose_groups
 from neo_data.schema import (
     CURATED_SCHEMA,
@@ -58,7 +57,7 @@ from neo_data.tokens import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-ENCODED_SCHEMA = pa.schema(
+LENGTH_SCHEMA = pa.schema(
     [
         pa.field("unit_id", pa.string()),
         pa.field("row", pa.int32()),  # row within the unit
@@ -68,15 +67,6 @@ ENCODED_SCHEMA = pa.schema(
         pa.field("bucket", pa.string()),  # null for text-only samples (assigned when planning)
         pa.field("num_tokens", pa.int32()),
         pa.field("num_image_tokens", pa.int32()),
-        pa.field("input_ids", pa.list_(pa.int32())),
-        pa.field("labels", pa.list_(pa.int32())),
-        pa.field("t_index", pa.list_(pa.int32())),
-        pa.field("h_index", pa.list_(pa.int32())),
-        pa.field("w_index", pa.list_(pa.int32())),
-        pa.field("image_ordinal", pa.list_(pa.int32())),
-        pa.field("images", pa.list_(pa.binary())),
-        pa.field("image_heights", pa.list_(pa.int32())),
-        pa.field("image_widths", pa.list_(pa.int32())),
     ]
 )
 
@@ -137,8 +127,35 @@ def plan_units(files: list[str]) -> list[Unit]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 1: encode
+# Windows
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    units: list[Unit]
+
+    @property
+    def window_id(self) -> str:
+        return f"w{self.index:05d}"
+
+
+def plan_windows(units: list[Unit], window_samples: int) -> list[Window]:
+    """Consecutive units, cut when a window reaches ``window_samples`` rows (a unit is never
+    split, so a window may hold up to one unit more)."""
+    windows: list[Window] = []
+    current: list[Unit] = []
+    rows = 0
+    for unit in units:
+        current.append(unit)
+        rows += unit.num_rows
+        if rows >= window_samples:
+            windows.append(Window(len(windows), current))
+            current, rows = [], 0
+    if current:
+        windows.append(Window(len(windows), current))
+    return windows
 
 
 def encode_settings(manifest: Manifest) -> EncodeSettings:
@@ -164,95 +181,108 @@ def bucket_of(max_tokens_per_image: int, bounds: list[tuple[str, int]]) -> str:
     raise ValueError(f"an image of {max_tokens_per_image} tokens is above every bucket")
 
 
-class EncodeUnits:
-    """Ray Data stage: encode whole work units; heavy state (tokenizer) loads once per actor."""
+class PackWindows:
+    """Ray Data stage: encode, plan and write whole windows; the tokenizer loads once per actor."""
 
     def __init__(self, manifest_json: str, output: str):
         self.manifest = Manifest.model_validate_json(manifest_json)
-        pack = self.manifest.resolved_pack()
-        self.encoder = SampleEncoder(load_tokenizer(pack.tokenizer), encode_settings(self.manifest))
-        self.bounds = [(b.name, b.max_image_tokens) for b in pack.buckets]
+        self.pack = self.manifest.resolved_pack()
+        self.encoder = SampleEncoder(
+            load_tokenizer(self.pack.tokenizer), encode_settings(self.manifest)
+        )
+        self.bounds = [(b.name, b.max_image_tokens) for b in self.pack.buckets]
         self.fs, self.root = url_to_fs(output)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        stats = [
-            self.encode_unit(Unit(u, f, int(rg), int(n), int(first)))
-            for u, f, rg, n, first in zip(
-                batch["unit_id"],
-                batch["file"],
-                batch["row_group"],
-                batch["num_rows"],
-                batch["first_row"],
-                strict=True,
-            )
-        ]
-        return {"stats": [json.dumps(s) for s in stats]}
+        results = []
+        for payload in batch["window"]:
+            w = json.loads(payload)
+            window = Window(w["index"], [Unit(**u) for u in w["units"]])
+            results.append(json.dumps(self.pack_window(window)))
+        return {"result": results}
 
-    def encode_unit(self, unit: Unit) -> dict:
-        marker = join(self.root, WORK_DIR, "units", f"{unit.unit_id}.json")
+    def pack_window(self, window: Window) -> dict:
+        marker = join(self.root, WORK_DIR, "windows", f"{window.window_id}.json")
         if self.fs.exists(marker):
             with self.fs.open(marker, "rb") as f:
                 return json.load(f)
         t0 = time.perf_counter()
+        samples: dict[tuple[str, int], dict] = {}
+        lengths: list[dict] = []
+        unit_stats = [self.encode_unit(unit, samples, lengths) for unit in window.units]
+        t_encode = time.perf_counter() - t0
+        table = pa.Table.from_pylist(lengths, schema=LENGTH_SCHEMA)
+        plan = plan_window(table, self.pack, window.index)
+        if plan.text_surplus:
+            self._write_text_surplus(window, plan.text_surplus, samples)
+        shards = []
+        for shard in plan.shards:
+            packs = [
+                build_pack(
+                    f"{shard.bucket}-{window.index:05d}-{shard.index:04d}-{p:04d}",
+                    shard.bucket,
+                    [samples[key] for key in keys],
+                )
+                for p, keys in enumerate(shard.packs)
+            ]
+            shards.append(asdict(write_shard(self.fs, self.root, shard.path, shard.bucket, packs)))
+        result = {
+            "window": window.window_id,
+            "units": unit_stats,
+            "text_over_ratio": len(plan.text_surplus),
+            "shards": shards,
+            "encode_seconds": t_encode,
+            "seconds": time.perf_counter() - t0,
+        }
+        atomic_write(self.fs, marker, json.dumps(result).encode())  # the window is done
+        return result
+
+    def encode_unit(self, unit: Unit, samples: dict, lengths: list[dict]) -> dict:
+        """Encode one unit into ``samples`` / ``lengths``; write its rejected rows."""
         in_fs, in_path = url_to_fs(unit.file)
         with in_fs.open(in_path, "rb") as f:
             table = pq.ParquetFile(f).read_row_group(unit.row_group)
-        rows = table.to_pylist()
-        encoded: dict[str, list] = {f.name: [] for f in ENCODED_SCHEMA}
         rejected: list[dict] = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(table.to_pylist()):
             try:
                 sample = self.encoder(row)
             except SampleRejected as e:
                 rejected.append(self._rejected(unit, i, row, e.reason, e.detail))
                 continue
+            text_only = bool(row.get("text_only")) or not sample.images
             bucket = (
-                None
-                if row.get("text_only") or not sample.images
-                else bucket_of(sample.max_image_tokens_per_image, self.bounds)
+                None if text_only else bucket_of(sample.max_image_tokens_per_image, self.bounds)
             )
-            for k, v in {
-                "unit_id": unit.unit_id,
-                "row": i,
+            samples[(unit.unit_id, i)] = {
                 "sample_id": row["sample_id"],
                 "source": row["source"],
-                "text_only": bucket is None,
-                "bucket": bucket,
-                "num_tokens": sample.num_tokens,
-                "num_image_tokens": sample.num_image_tokens,
-                "input_ids": sample.input_ids,
-                "labels": sample.labels,
-                "t_index": sample.t_index,
-                "h_index": sample.h_index,
-                "w_index": sample.w_index,
-                "image_ordinal": sample.image_ordinal,
-                "images": sample.images,
-                "image_heights": sample.image_heights,
-                "image_widths": sample.image_widths,
-            }.items():
-                encoded[k].append(v)
+                "text_only": text_only,
+                **{k: getattr(sample, k) for k in SAMPLE_FIELDS},
+            }
+            lengths.append(
+                {
+                    "unit_id": unit.unit_id,
+                    "row": i,
+                    "sample_id": row["sample_id"],
+                    "source": row["source"],
+                    "text_only": text_only,
+                    "bucket": bucket,
+                    "num_tokens": sample.num_tokens,
+                    "num_image_tokens": sample.num_image_tokens,
+                }
+            )
         if rejected:
             atomic_write(
                 self.fs,
                 join(self.root, rejected_name(unit.unit_id)),
                 table_to_parquet_bytes(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA)),
             )
-        enc_table = pa.Table.from_pydict(encoded, schema=ENCODED_SCHEMA)
-        atomic_write(
-            self.fs,
-            join(self.root, WORK_DIR, "encoded", f"{unit.unit_id}.parquet"),
-            table_to_parquet_bytes(enc_table, row_group_size=1024),
-        )
-        stats = {
+        return {
             "unit_id": unit.unit_id,
-            "rows_in": len(rows),
-            "encoded": enc_table.num_rows,
+            "rows_in": table.num_rows,
             "dropped": dict(Counter(r["reason"] for r in rejected)),
             "input_bytes": table.nbytes,
-            "seconds": time.perf_counter() - t0,
         }
-        atomic_write(self.fs, marker, json.dumps(stats).encode())  # the unit's completion marker
-        return stats
 
     @staticmethod
     def _rejected(unit: Unit, i: int, row: dict, reason: str, detail: str) -> dict:
@@ -267,21 +297,58 @@ class EncodeUnits:
             "detail": detail[:500],
         }
 
+    def _write_text_surplus(
+        self, window: Window, surplus: list[tuple[str, int]], samples: dict
+    ) -> None:
+        by_unit = {u.unit_id: u for u in window.units}
+        rows = [
+            {
+                "sample_id": samples[(u, r)]["sample_id"],
+                "source": samples[(u, r)]["source"],
+                "url": None,
+                "row": None,
+                "input_file": by_unit[u].file,
+                "input_row": by_unit[u].first_row + r,
+                "reason": "text_over_ratio",
+                "detail": "more text-only samples than pack.text_ratio allows",
+            }
+            for u, r in surplus
+        ]
+        atomic_write(
+            self.fs,
+            join(self.root, rejected_name(f"{window.window_id}-text_over_ratio")),
+            table_to_parquet_bytes(pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA)),
+        )
+
+
+SAMPLE_FIELDS = (
+    "input_ids",
+    "labels",
+    "t_index",
+    "h_index",
+    "w_index",
+    "image_ordinal",
+    "images",
+    "image_heights",
+    "image_widths",
+)
+
 
 # ---------------------------------------------------------------------------------------------
-# Step 2: plan
+# Planning a window (pure)
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class ShardPlan:
     bucket: str
-    index: int  # shard number within the bucket
+    window: int
+    index: int  # shard number within the window and bucket
     packs: list[list[tuple[str, int]]]  # per pack, (unit_id, row) of its samples in order
 
     @property
     def path(self) -> str:
-        return shard_name(self.bucket, self.index)
+        return shard_name(self.bucket, self.window, self.index)
 
 
 @dataclass
@@ -290,53 +357,45 @@ class Plan:
     text_surplus: list[tuple[str, int]] = field(default_factory=list)  # (unit_id, row)
 
 
-def plan_shards(lengths: pa.Table, manifest: Manifest) -> Plan:
-    """Deterministic pack plan from the length columns of all encoded samples.
+def plan_window(lengths: pa.Table, pack: PackSpec, window: int) -> Plan:
+    """Deterministic pack plan of one window from its samples' length columns.
 
-    ``lengths`` has ``unit_id, row, text_only, bucket, num_tokens, num_image_tokens`` in unit
-    order. Windows of ``window_samples`` consecutive samples are planned independently so the
-    driver's memory stays bounded at any dataset size.
+    ``lengths`` has :data:`LENGTH_SCHEMA`'s columns in unit order; ``pack`` is the resolved
+    pack settings.
     """
-    pack = manifest.resolved_pack()
     bucket_names = [b.name for b in pack.buckets]
-    next_shard = dict.fromkeys(bucket_names, 0)
     plan = Plan()
-    n = lengths.num_rows
     cols = {c: lengths[c].to_numpy(zero_copy_only=False) for c in lengths.column_names}
-    for w, start in enumerate(range(0, n, pack.window_samples)):
-        sl = slice(start, min(n, start + pack.window_samples))
-        win = {c: v[sl] for c, v in cols.items()}
-        text_idx = np.flatnonzero(win["text_only"])
-        mm_idx = np.flatnonzero(~win["text_only"])
-        keep_text, surplus = _select_text(text_idx, len(mm_idx), pack.text_ratio, pack.seed, w)
-        plan.text_surplus.extend((win["unit_id"][i], int(win["row"][i])) for i in surplus)
-        members = {b: mm_idx[win["bucket"][mm_idx] == b] for b in bucket_names}
-        for b, extra in _spread_text(keep_text, members, bucket_names).items():
-            members[b] = np.concatenate([members[b], extra]).astype(np.int64)
-        for b in bucket_names:
-            idx = members[b]
-            if not idx.size:
-                continue
-            groups = choose_groups(
-                win["num_tokens"][idx],
-                win["num_image_tokens"][idx],
-                pack.seq_len,
-                pack.max_image_tokens,
-                seed=pack.seed + w,
-            )
-            packs = [
-                [(win["unit_id"][idx[g]], int(win["row"][idx[g]])) for g in grp] for grp in groups
-            ]
-            for s in range(0, len(packs), pack.packs_per_shard):
-                plan.shards.append(ShardPlan(b, next_shard[b], packs[s : s + pack.packs_per_shard]))
-                next_shard[b] += 1
+    text_only = cols["text_only"].astype(bool)
+    text_idx, mm_idx = np.flatnonzero(text_only), np.flatnonzero(~text_only)
+    keep_text, surplus = _select_text(text_idx, len(mm_idx), pack.text_ratio, pack.seed, window)
+    plan.text_surplus = [(cols["unit_id"][i], int(cols["row"][i])) for i in surplus]
+    members = {b: mm_idx[cols["bucket"][mm_idx] == b] for b in bucket_names}
+    for b, extra in _spread_text(keep_text, members, bucket_names).items():
+        members[b] = np.concatenate([members[b], extra]).astype(np.int64)
+    for b in bucket_names:
+        idx = members[b]
+        if not idx.size:
+            continue
+        groups = choose_groups(
+            cols["num_tokens"][idx],
+            cols["num_image_tokens"][idx],
+            pack.seq_len,
+            pack.max_image_tokens,
+            seed=pack.seed + window,
+        )
+        packs = [
+            [(cols["unit_id"][idx[g]], int(cols["row"][idx[g]])) for g in grp] for grp in groups
+        ]
+        for k, s in enumerate(range(0, len(packs), pack.packs_per_shard)):
+            plan.shards.append(ShardPlan(b, window, k, packs[s : s + pack.packs_per_shard]))
     return plan
 
 
 def _select_text(
     text_idx: np.ndarray, n_mm: int, ratio: float, seed: int, window: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keep text-only samples so that text / (text + multimodal) is ``ratio``; a dataset with no
+    """Keep text-only samples so that text / (text + multimodal) is ``ratio``; a window with no
     multimodal samples keeps all its text. Returns (kept, surplus), chosen by a seeded order."""
     if n_mm == 0:
         return text_idx, text_idx[:0]
@@ -365,61 +424,6 @@ def _spread_text(
 
 
 # ---------------------------------------------------------------------------------------------
-# Step 3: build shards
-# ---------------------------------------------------------------------------------------------
-
-
-def assign_shard(batch: pa.Table, lookup: dict[tuple[str, int], tuple[str, int, int]]) -> pa.Table:
-    """Ray Data stage: tag each encoded row with its shard, pack and position in the pack; rows
-    the plan does not pack (text over the ratio, shards already done) are dropped here."""
-    keys = zip(batch["unit_id"].to_pylist(), batch["row"].to_pylist(), strict=True)
-    hits = [lookup.get(k) for k in keys]
-    batch = batch.filter(pa.array([h is not None for h in hits]))
-    hits = [h for h in hits if h is not None]
-    return (
-        batch.append_column("shard", pa.array([h[0] for h in hits], pa.string()))
-        .append_column("pack", pa.array([h[1] for h in hits], pa.int32()))
-        .append_column("position", pa.array([h[2] for h in hits], pa.int32()))
-    )
-
-
-def build_shard(group: pa.Table, output: str, bucket_of_shard: dict[str, str]) -> pa.Table:
-    """Ray Data ``map_groups`` stage: all rows of one shard in, the shard written, its info out.
-
-    Stateless tasks (not actors), so a small cluster never deadlocks with every CPU held by an
-    idle actor of another stage."""
-    fs, root = url_to_fs(output)
-    path = group["shard"][0].as_py()
-    bucket = bucket_of_shard[path]
-    group = group.sort_by([("pack", "ascending"), ("position", "ascending")])
-    packs_of = group["pack"].to_pylist()
-    rows = group.drop_columns(
-        ["shard", "unit_id", "row", "num_tokens", "num_image_tokens"]
-    ).to_pylist()
-    stem = path.rsplit("/", 1)[-1].removesuffix(".parquet").removeprefix("shard-")
-    by_pack: dict[int, list[dict]] = {}
-    for r, p in zip(rows, packs_of, strict=True):
-        by_pack.setdefault(p, []).append(r)
-    packs = [build_pack(f"{bucket}-{stem}-{p:04d}", bucket, by_pack[p]) for p in sorted(by_pack)]
-    info = write_shard(fs, root, path, bucket, packs)
-    atomic_write(fs, _shard_marker(root, path), json.dumps(asdict(info)).encode())
-    return pa.Table.from_pylist([{"info": json.dumps(asdict(info))}])
-
-
-def _shard_marker(root: str, path: str) -> str:
-    return join(root, WORK_DIR, "shards", path.replace("/", "__") + ".json")
-
-
-def build_lookup(plan: Plan) -> dict[tuple[str, int], tuple[str, int, int]]:
-    return {
-        key: (shard.path, p, pos)
-        for shard in plan.shards
-        for p, pack in enumerate(shard.packs)
-        for pos, key in enumerate(pack)
-    }
-
-
-# ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
 
@@ -431,9 +435,7 @@ class PackResult:
     skipped: bool  # True when the dataset was already complete
 
 
-def run_pack(
-    manifest: Manifest, *, concurrency: int | None = None, keep_work: bool = False
-) -> PackResult:
+def run_pack(manifest: Manifest, *, concurrency: int | None = None) -> PackResult:
     """Run (or resume) the pack job of ``manifest``; returns the index of the packed dataset."""
     import ray
 
@@ -454,96 +456,30 @@ def run_pack(
     _check_work_dir(fs, root, mhash)
 
     t0 = time.perf_counter()
+    pack = manifest.resolved_pack()
     files = list_inputs(manifest.data.curated)
-    units = plan_units(files)
-    log.info("pack %s: %d input files, %d work units", manifest.name, len(files), len(units))
-    manifest_json = manifest.model_dump_json()
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    conc = concurrency or cpus
-
-    # 1. encode
-    stats_ds = ray.data.from_items(
-        [asdict(u) for u in units], override_num_blocks=max(1, len(units))
-    ).map_batches(
-        EncodeUnits,
-        fn_constructor_args=(manifest_json, output),
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(conc, max(1, len(units)))),
-        num_cpus=1,
-    )
-    unit_stats = [json.loads(r["stats"]) for r in stats_ds.take_all()]
-    t_encode = time.perf_counter() - t0
-
-    # 2. plan
-    encoded_files = [join(root, WORK_DIR, "encoded", f"{u.unit_id}.parquet") for u in units]
-    length_cols = [
-        "unit_id",
-        "row",
-        "sample_id",
-        "source",
-        "text_only",
-        "bucket",
-        "num_tokens",
-        "num_image_tokens",
+    windows = plan_windows(plan_units(files), pack.window_samples)
+    log.info("pack %s: %d input files, %d windows", manifest.name, len(files), len(windows))
+    workers = min(len(windows), concurrency or max(1, int(ray.cluster_resources().get("CPU", 1))))
+    items = [
+        {"window": json.dumps({"index": w.index, "units": [asdict(u) for u in w.units]})}
+        for w in windows
     ]
-    tables = []
-    for path in encoded_files:
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, columns=length_cols))
-    lengths = (
-        pa.concat_tables(tables) if tables else ENCODED_SCHEMA.empty_table().select(length_cols)
-    )
-    plan = plan_shards(lengths, manifest)
-    if plan.text_surplus:
-        _write_text_surplus(fs, root, plan, lengths, units)
-
-    # 3. build (skipping shards finished by an earlier run)
-    done: dict[str, dict] = {}
-    for shard in plan.shards:
-        marker = _shard_marker(root, shard.path)
-        if fs.exists(marker) and fs.exists(join(root, shard.path)):
-            with fs.open(marker, "rb") as f:
-                done[shard.path] = json.load(f)
-    todo = [s for s in plan.shards if s.path not in done]
-    if todo:
-        lookup = build_lookup(Plan(shards=todo))
-        existing = [p for p in encoded_files if fs.exists(p)]
-        ds = ray.data.read_parquet(
-            existing,
-            filesystem=_arrow_fs(output),
-            schema=ENCODED_SCHEMA,
+    results = [
+        json.loads(r["result"])
+        for r in ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        .map_batches(
+            PackWindows,
+            fn_constructor_args=(manifest.model_dump_json(), output),
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers)),
+            num_cpus=1,
         )
-        built = (
-            ds.map_batches(assign_shard, fn_args=(lookup,), batch_format="pyarrow")
-            .groupby("shard", num_partitions=max(1, min(len(todo), 4 * conc)))
-            .map_groups(
-                build_shard,
-                fn_args=(output, {s.path: s.bucket for s in todo}),
-                batch_format="pyarrow",
-            )
-            .take_all()
-        )
-        for r in built:
-            info = json.loads(r["info"])
-            done[info["path"]] = info
-
-    # 4. index, last
-    shard_infos = [done[s.path] for s in plan.shards]
-    index = _make_index(
-        manifest,
-        mhash,
-        shard_infos,
-        unit_stats,
-        len(plan.text_surplus),
-        time.perf_counter() - t0,
-        t_encode,
-    )
-    write_index(fs, root, index)
-    if not keep_work:
-        for sub in ("encoded", "shards"):
-            d = join(root, WORK_DIR, sub)
-            if fs.exists(d):
-                fs.rm(d, recursive=True)
+        .take_all()
+    ]
+    results.sort(key=lambda r: r["window"])
+    index = _make_index(manifest, mhash, results, time.perf_counter() - t0)
+    write_index(fs, root, index)  # the commit point, after every shard
     return PackResult(output, index, skipped=False)
 
 
@@ -562,56 +498,18 @@ def _check_work_dir(fs, root: str, mhash: str) -> None:
         atomic_write(fs, stamp, mhash.encode())
 
 
-def _write_text_surplus(fs, root: str, plan: Plan, lengths: pa.Table, units: list[Unit]) -> None:
-    by_unit = {u.unit_id: u for u in units}
-    ids = {
-        (u, r): (sid, src)
-        for u, r, sid, src in zip(
-            *(lengths[c].to_pylist() for c in ("unit_id", "row", "sample_id", "source")),
-            strict=True,
-        )
-    }
-    rows = [
-        {
-            "sample_id": ids[(u, r)][0],
-            "source": ids[(u, r)][1],
-            "url": None,
-            "row": None,
-            "input_file": by_unit[u].file,
-            "input_row": by_unit[u].first_row + r,
-            "reason": "text_over_ratio",
-            "detail": "more text-only samples than text_ratio allows",
-        }
-        for u, r in plan.text_surplus
-    ]
-    atomic_write(
-        fs,
-        join(root, rejected_name("text_over_ratio")),
-        table_to_parquet_bytes(pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA)),
-    )
-
-
-def _arrow_fs(output: str):
-    import pyarrow.fs as pafs
-
-    fs, _ = url_to_fs(output)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
 def _make_index(
-    manifest: Manifest,
-    mhash: str,
-    shards: list[dict],
-    unit_stats: list[dict],
-    text_surplus: int,
-    seconds: float,
-    encode_seconds: float,
+    manifest: Manifest, mhash: str, windows: list[dict], seconds: float
 ) -> dict[str, Any]:
     pack = manifest.resolved_pack()
     tok = load_tokenizer(pack.tokenizer)
+    shards = [s for w in windows for s in w["shards"]]
+    shards.sort(key=lambda s: ([b.name for b in pack.buckets].index(s["bucket"]), s["path"]))
+    units = [u for w in windows for u in w["units"]]
     dropped: Counter = Counter()
-    for s in unit_stats:
-        dropped.update(s["dropped"])
+    for u in units:
+        dropped.update(u["dropped"])
+    text_surplus = sum(w["text_over_ratio"] for w in windows)
     if text_surplus:
         dropped["text_over_ratio"] += text_surplus
     buckets = []
@@ -641,7 +539,7 @@ def _make_index(
             "bytes",
         )
     }
-    totals["samples_in"] = sum(s["rows_in"] for s in unit_stats)
+    totals["samples_in"] = sum(u["rows_in"] for u in units)
     totals["dropped"] = dict(sorted(dropped.items()))
     totals["fill"] = totals["tokens"] / (totals["packs"] * pack.seq_len) if totals["packs"] else 0.0
     return {
@@ -660,7 +558,12 @@ def _make_index(
         "image_encoding": pack.image_encoding.model_dump(),
         "buckets": buckets,
         "totals": totals,
-        "timing": {"seconds": round(seconds, 3), "encode_seconds": round(encode_seconds, 3)},
+        "timing": {
+            "seconds": round(seconds, 3),
+            "windows": len(windows),
+            "worker_encode_seconds": round(sum(w["encode_seconds"] for w in windows), 3),
+            "worker_seconds": round(sum(w["seconds"] for w in windows), 3),
+        },
         "shards": shards,
     }
 

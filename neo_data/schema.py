@@ -191,9 +191,9 @@ REJECTED_DIR = "rejected"
 WORK_DIR = "_work"
 
 
-def shard_name(bucket: str, shard: int) -> str:
-    """Relative path of a shard: ``shards/<bucket>/shard-000042.parquet``."""
-    return f"shards/{bucket}/shard-{shard:06d}.parquet"
+def shard_name(bucket: str, window: int, shard: int) -> str:
+    """Relative path of a shard: ``shards/<bucket>/shard-<window>-<shard in window>.parquet``."""
+    return f"shards/{bucket}/shard-{window:05d}-{shard:04d}.parquet"
 
 
 def rejected_name(unit_id: str) -> str:

@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         help="override a manifest value, e.g. --set data.packed=s3://bucket/packed",
     )
     ap.add_argument(
-        "--concurrency", type=int, default=None, help="encode/build workers (default: all CPUs)"
+        "--concurrency",
+        type=int,
+        default=None,
+        help="windows packed at once (default: one per CPU)",
     )
     ap.add_argument(
         "--keep-work",
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     init_ray()
     try:
-        result = run_pack(manifest, concurrency=args.concurrency, keep_work=args.keep_work)
+        result = run_pack(manifest, concurrency=args.concurrency)
     except OutputConflict as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

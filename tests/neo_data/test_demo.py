@@ -218,7 +218,8 @@ def test_stored_image_shows_the_scene_in_meta(dataset):
 
 def _check_pixels(scene: demo.Scene, size: tuple[int, int]) -> None:
     """Every drawn pixel is where the caption says, in the colour it says, in ``count`` blobs."""
-    ndimage = pytest.importorskip("scipy.ndimage")
+    from scipy import ndimage
+
     arr = _rgb(demo.render_scene(scene, size, "png"))
     height, width = arr.shape[:2]
     ink = (arr != demo.PALETTE[scene.background]).any(-1)

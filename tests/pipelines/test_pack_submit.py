@@ -81,6 +81,10 @@ def test_submit_without_the_token_is_refused(ray_head):
     url, env = ray_head
     env = {**env, "RAY_AUTH_MODE": "disabled"}
     run = subprocess.run(
-        [str(BIN / "ray"), "job", "list", "--address", url], env=env, capture_output=True, text=True, timeout=60
+        [str(BIN / "ray"), "job", "list", "--address", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode != 0 and "token" in (run.stdout + run.stderr).lower()

@@ -110,20 +110,26 @@ def list_inputs(patterns: list[str]) -> list[str]:
 
 
 def plan_units(files: list[str]) -> list[Unit]:
-    units = []
-    for url in files:
+    """One unit per Parquet row group, in file order; footers are read in parallel (object
+    stores answer slowly but concurrently) and every file's schema is checked up front."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def footer(url: str) -> list[Unit]:
         fs, path = url_to_fs(url)
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             check_schema(pf.schema_arrow, CURATED_SCHEMA, url)
             meta = pf.metadata
         stem = hashlib.sha1(url.encode()).hexdigest()[:12]
-        first = 0
+        units, first = [], 0
         for rg in range(meta.num_row_groups):
             n = meta.row_group(rg).num_rows
             units.append(Unit(f"{stem}-{rg:05d}", url, rg, n, first))
             first += n
-    return units
+        return units
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return [u for units in pool.map(footer, files) for u in units]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -253,3 +253,17 @@ def test_pack_through_s3(ray_local, s3_bucket, curated_dir):
     assert pack["num_tokens"] == len(pack["input_ids"])
     assert fs.exists(f"{s3_bucket}/packed/rejected")
     assert json.loads(fs.cat(f"{s3_bucket}/packed/index.json"))["shards"] == result.index["shards"]
+
+
+def test_an_input_file_of_another_schema_is_refused_by_name(tmp_path):
+    import pyarrow as pa
+
+    from neo_data.pack_job import plan_units
+    from neo_data.schema import SchemaMismatch
+
+    good = write_curated(str(tmp_path / "good.parquet"), [text_row(0, "fine")])
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"sample_id": ["x"], "caption": ["no kind, no source"]}), bad)
+    with pytest.raises(SchemaMismatch, match=r"bad\.parquet: required column 'kind' is missing"):
+        plan_units([good, str(bad)])
+    assert [u.num_rows for u in plan_units([good])] == [1]

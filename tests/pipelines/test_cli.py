@@ -58,22 +58,8 @@ def test_unknown_command_is_an_error(capsys):
 @pytest.mark.slow
 def test_demo_then_browse(ray_local, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert (
-        cli.main(
-            [
-                "demo",
-                "--out",
-                str(out),
-                "--captions",
-                "40",
-                "--conversations",
-                "20",
-                "--texts",
-                "30",
-            ]
-        )
-        == 0
-    )
+    demo = ["demo", "--out", str(out), "--captions", "40", "--conversations", "20", "--texts", "30"]
+    assert cli.main(demo) == 0
     text = capsys.readouterr().out
     assert "samples in                90" in text and "fill" in text
     packed = str(out / "packed")
@@ -89,22 +75,7 @@ def test_demo_then_browse(ray_local, tmp_path, capsys):
     assert header == ["pos", "T", "H", "W", "img", "label", "token"]
 
     # a rerun of the main job finds the finished dataset and does nothing
-    assert (
-        cli.main(
-            [
-                "demo",
-                "--out",
-                str(out),
-                "--captions",
-                "40",
-                "--conversations",
-                "20",
-                "--texts",
-                "30",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(demo) == 0
     assert "already complete" in capsys.readouterr().out
 
     # a corrupted shard is reported by verify

@@ -64,22 +64,24 @@ def bare_pillow(data: bytes) -> int:
     return img.resize((w, h), Image.Resampling.BICUBIC).width
 
 
-_ENCODER: SampleEncoder | None = None
+_ENCODERS: dict[str, SampleEncoder] = {}
 
 
-def _encoder() -> SampleEncoder:
-    global _ENCODER
-    if _ENCODER is None:
-        settings = EncodeSettings(
-            16384, 16384, MIN_PIXELS, MAX_PIXELS, 178_956_970, ImageEncoding()
-        )
-        _ENCODER = SampleEncoder(load_tokenizer(), settings)
-    return _ENCODER
+def _encoder(subsampling: str) -> SampleEncoder:
+    if subsampling not in _ENCODERS:
+        enc = ImageEncoding("jpeg", 95, subsampling)
+        settings = EncodeSettings(16384, 16384, MIN_PIXELS, MAX_PIXELS, 178_956_970, enc)
+        _ENCODERS[subsampling] = SampleEncoder(load_tokenizer(), settings)
+    return _ENCODERS[subsampling]
 
 
 def neo_encode(row: dict) -> int:
     """Everything the packer does per sample: decode, resize, encode, tokenize, T/H/W."""
-    return _encoder()(row).num_tokens
+    return _encoder("4:4:4")(row).num_tokens
+
+
+def neo_encode_420(row: dict) -> int:
+    return _encoder("4:2:0")(row).num_tokens
 
 
 def timed_pool(fn, items, workers: int) -> float:
@@ -97,9 +99,11 @@ def bench_throughput(images: list[bytes], workers: int) -> list[tuple[str, float
     ]
     base = timed_pool(bare_pillow, images, workers)
     enc = timed_pool(neo_encode, rows, workers)
+    enc420 = timed_pool(neo_encode_420, rows, workers)
     out = [
         ("bare Pillow decode+resize", len(images) / base, 1.0),
-        ("neo encode (per sample)", len(images) / enc, base / enc),
+        ("neo encode per sample, jpeg 4:4:4", len(images) / enc, base / enc),
+        ("neo encode per sample, jpeg 4:2:0", len(images) / enc420, base / enc420),
     ]
     # The whole Ray pack job (encode, plan, shuffle, write shards, index) on the same images.
     import ray
@@ -150,7 +154,12 @@ def bench_encodings(images: list[bytes]) -> list[tuple[str, float, float, float]
         resized.append(img.resize((w, h), Image.Resampling.BICUBIC))
     raw = sum(im.width * im.height * 3 for im in resized)
     out = []
-    for enc in (ImageEncoding("jpeg", 95), ImageEncoding("webp", 95), ImageEncoding("png")):
+    for enc in (
+        ImageEncoding("jpeg", 95),
+        ImageEncoding("jpeg", 95, "4:2:0"),
+        ImageEncoding("webp", 95),
+        ImageEncoding("png"),
+    ):
         size, psnrs, t_dec = 0, [], 0.0
         for im in resized:
             data = encode_image(im, enc)
@@ -162,7 +171,9 @@ def bench_encodings(images: list[bytes]) -> list[tuple[str, float, float, float]
             psnrs.append(99.0 if mse == 0 else 10 * np.log10(255**2 / mse))
         out.append(
             (
-                f"{enc.format} q{enc.quality}" if enc.format != "png" else "png",
+                {"jpeg": f"jpeg q{enc.quality} {enc.subsampling}", "png": "png"}.get(
+                    enc.format, f"{enc.format} q{enc.quality}"
+                ),
                 raw / size,
                 float(np.mean(psnrs)),
                 t_dec / len(resized) * 1e3,
@@ -181,9 +192,9 @@ def main() -> None:
         f"{args.images} photo-like JPEGs, sides 256..2048 px, smart resize {MIN_PIXELS}..{MAX_PIXELS} px, {args.workers} workers\n"
     )
 
-    print(f"{'pack throughput':<36}{'images/s':>10}{'vs Pillow':>11}")
+    print(f"{'pack throughput':<40}{'images/s':>10}{'vs Pillow':>11}")
     for name, rate, ratio in bench_throughput(images, args.workers):
-        print(f"{name:<36}{rate:>10.1f}{ratio:>11.2f}")
+        print(f"{name:<40}{rate:>10.1f}{ratio:>11.2f}")
 
     print(f"\n{'fill (first-fit decreasing)':<44}{'packs':>8}{'fill':>9}{'seconds':>9}")
     for name, packs, _, fill, dt in bench_fill():

@@ -65,10 +65,15 @@ def smart_resize(
     return h_bar, w_bar
 
 
+JPEG_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+
+
 @dataclass(frozen=True)
 class ImageEncoding:
     format: Literal["jpeg", "png", "webp"] = "jpeg"
     quality: int = 95
+    # JPEG chroma: 4:4:4 keeps thin coloured strokes (OCR); 4:2:0 is ~10% faster and smaller.
+    subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] = "4:4:4"
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,12 @@ def prepare_image(
 def encode_image(img: Image.Image, encoding: ImageEncoding) -> bytes:
     buf = io.BytesIO()
     if encoding.format == "jpeg":
-        img.save(buf, format="JPEG", quality=encoding.quality, subsampling=0)
+        img.save(
+            buf,
+            format="JPEG",
+            quality=encoding.quality,
+            subsampling=JPEG_SUBSAMPLING[encoding.subsampling],
+        )
     elif encoding.format == "png":
         img.save(buf, format="PNG", compress_level=1)
     else:

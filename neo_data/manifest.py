@@ -46,9 +46,10 @@ class Bucket(_Strict):
 class ImageEncodingSpec(_Strict):
     format: Literal["jpeg", "png", "webp"] = "jpeg"
     quality: Annotated[int, Field(ge=1, le=100)] = 95
+    subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] = "4:4:4"  # JPEG chroma
 
     def to_encoding(self) -> ImageEncoding:
-        return ImageEncoding(self.format, self.quality)
+        return ImageEncoding(self.format, self.quality, self.subsampling)
 
 
 class PackSpec(_Strict):

@@ -29,7 +29,7 @@ import numpy as np
 from neo_data.images import ImageEncoding, ImageRejected, prepare_image
 from neo_data.positions import thw_indices
 from neo_data.schema import IMAGE_PLACEHOLDER
-from neo_data.tokens import NeoTokenizer, TemplateError, render_text, render_turns
+from neo_data.tokens import NeoTokenizer, TemplateError, render_text, render_turns, user_content
 
 
 class SampleRejected(ValueError):
@@ -174,8 +174,7 @@ class SampleEncoder:
         caption = self.choose_caption(row)
         if not caption.strip():
             raise SampleRejected("empty_caption")
-        prompt = self.s.caption_prompt
-        user = IMAGE_PLACEHOLDER * len(row["images"]) + (f"\n{prompt}" if prompt else "")
+        user = user_content(self.s.caption_prompt, len(row["images"]), IMAGE_PLACEHOLDER)
         return [("user", user), ("assistant", caption.strip())]
 
     def choose_caption(self, row: dict) -> str:

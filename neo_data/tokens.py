@@ -226,6 +226,13 @@ class Rendered:
         return labels
 
 
+def user_content(text: str, num_images: int, placeholder: str = "<image>") -> str:
+    """A user turn with images in front of its text: ``<image>\n`` per image, then the text.
+
+    The one layout for caption samples (packer) and questions about images (``neo chat``)."""
+    return f"{placeholder}\n" * num_images + text
+
+
 def render_turns(
     tok: NeoTokenizer,
     turns: Sequence[tuple[str, str]],

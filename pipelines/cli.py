@@ -4,6 +4,7 @@ neo demo [--out runs/demo]          the main job on the bundled demo data
 neo pack --manifest FILE            curated samples -> packed shards (pipelines/pack.py)
 neo manifest validate FILE...       check manifests, with file/line/path in every error
 neo shards stats|verify|show URL    look into a packed dataset (local or s3://)
+neo chat --checkpoint DIR [Q]       ask a NEO checkpoint, once or in a conversation
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ COMMANDS = {
     "pack": "pipelines.pack",
     "manifest": "pipelines.manifest_cmd",
     "shards": "pipelines.shards_cmd",
+    "chat": "pipelines.chat",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -85,3 +86,10 @@ def write_curated(path: str, rows: list[dict], row_group_size: int = 64) -> str:
         pa.Table.from_pylist(rows, schema=CURATED_SCHEMA), path, row_group_size=row_group_size
     )
     return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

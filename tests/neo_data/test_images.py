@@ -23,9 +23,17 @@ def test_smart_resize_equals_the_qwen2_vl_peer_at_factor_32(h, w, budget):
             smart_resize(h, w, lo, hi)
         return
     got = smart_resize(h, w, lo, hi)
-    assert got == qwen_smart_resize(h, w, factor=32, min_pixels=lo, max_pixels=hi)
+    if min(h, w) >= 16:  # both sides round to at least 32: transformers' copy agrees there
+        assert got == qwen_smart_resize(h, w, factor=32, min_pixels=lo, max_pixels=hi)
     assert got[0] % 32 == 0 and got[1] % 32 == 0 and min(got) >= 32
     assert got[0] * got[1] <= hi
+
+
+def test_a_side_below_16_px_rounds_up_to_32_as_the_doc_and_qwen_vl_utils_say():
+    # transformers' smart_resize rounds 15 px to 0 and then upscales the whole image;
+    # the architecture doc (and qwen-vl-utils) take at least one 32 px row.
+    assert smart_resize(15, 2048, 65536, 4194304) == (32, 2048)
+    assert smart_resize(15, 1000, 65536, 4194304)[0] >= 32
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -7,11 +7,10 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from helpers import free_port
 
 from neo_data.demo import write_demo_dataset
 from neo_data.shards import PackedDataset
@@ -37,23 +36,27 @@ def ray_head(tmp_path_factory):
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         # fixed-default ports (agent 52365, ...) would clash with a Ray already on this machine
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--ray-client-server-port={free_port()}",
          "--num-cpus=2", "--disable-usage-stats",
          f"--temp-dir={tmp_path_factory.mktemp('ray')}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
+    deadline = time.time() + 120
+    while True:  # up when the job API answers (the dashboard starts before its job agent)
+        ready = subprocess.run(
+            [str(BIN / "ray"), "job", "list", "--address", url],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if ready.returncode == 0:
             break
-        except OSError:
-            if head.poll() is not None:
-                pytest.fail("ray start --head exited early")
-            time.sleep(1)
-    else:
-        head.terminate()
-        pytest.fail("the Ray dashboard did not come up in 90 s")
+        if head.poll() is not None or time.time() > deadline:
+            head.terminate()
+            pytest.fail(f"the Ray job API did not come up: {ready.stderr[-1000:]}")
+        time.sleep(2)
     yield url, env
     head.terminate()
     head.wait(timeout=60)
@@ -69,7 +72,14 @@ def test_pack_job_through_ray_job_submit(ray_head, tmp_path):
         "python", "-m", "pipelines.pack", "--manifest", "manifests/demo.yaml",
         "--set", f"data.curated=[{curated}]", "--set", f"data.packed={packed}",
     ]  # fmt: skip
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    deadline = time.time() + 120
+    while True:
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        # Ray's job agent on the head registers some seconds after the job API answers; until
+        # then a submission is refused (nothing runs) with "please try again later".
+        if "No available agent" not in run.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "samples in" in run.stdout and "succeeded" in run.stdout + run.stderr
     ds = PackedDataset(str(packed))

@@ -28,7 +28,7 @@ import numpy as np
 
 from neo_data.images import ImageEncoding, ImageRejected, prepare_image
 from neo_data.positions import thw_indices
-from neo_data.schema import IMAGE_PLACEHOLDER
+from neo_data.schema import IMAGE_PLACEHOLDER, SAMPLE_KINDS
 from neo_data.tokens import NeoTokenizer, TemplateError, render_text, render_turns, user_content
 
 
@@ -119,7 +119,9 @@ class SampleEncoder:
             except TemplateError as e:
                 raise SampleRejected("template_error", str(e)) from e
         else:
-            raise SampleRejected("unknown_kind", repr(kind))
+            raise SampleRejected(
+                "unknown_kind", f"{kind!r}, expected one of {', '.join(SAMPLE_KINDS)}"
+            )
 
         n = len(rendered.input_ids)
         if n > self.s.seq_len:

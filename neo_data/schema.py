@@ -22,7 +22,6 @@ PACKED_SCHEMA_VERSION = 1
 # ---------------------------------------------------------------------------------------------
 
 SAMPLE_KINDS = ("caption", "conversation", "text")
-ROLES = ("system", "user", "assistant")
 IMAGE_PLACEHOLDER = "<image>"
 
 IMAGE_TYPE = pa.struct(

@@ -198,13 +198,6 @@ class PackedDataset:
     def buckets(self) -> list[str]:
         return [b["name"] for b in self.index["buckets"]]
 
-    def shard_paths(self, buckets: list[str] | None = None) -> list[str]:
-        return [
-            join(self.root, s["path"])
-            for s in self.shards
-            if buckets is None or s["bucket"] in buckets
-        ]
-
     def read_shard(self, i: int, columns: list[str] | None = None) -> pa.Table:
         path = join(self.root, self.shards[i]["path"])
         with self.fs.open(path, "rb") as f:

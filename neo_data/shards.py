@@ -79,21 +79,24 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 
 def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    """Parquet with zstd everywhere except on image bytes (already JPEG/PNG/WebP)."""
     buf = io.BytesIO()
-    compression = {name: "zstd" for name in table.schema.names}
-    if "images" in compression:
-        compression["images"] = "none"  # already JPEG/PNG/WebP
+    compression = {_leaf_path(f): "zstd" for f in table.schema}
+    if "images" in table.schema.names:
+        compression[_leaf_path(table.schema.field("images"))] = "none"
     pq.write_table(
         table,
         buf,
         compression=compression,
         row_group_size=row_group_size,
         use_dictionary=[n for n in ("bucket", "source", "reason") if n in table.schema.names],
-        write_statistics=["num_tokens", "num_image_tokens"]
-        if "num_tokens" in table.schema.names
-        else True,
     )
     return buf.getvalue()
+
+
+def _leaf_path(field: pa.Field) -> str:
+    """The Parquet column path of a flat or list field (per-column options are keyed by it)."""
+    return f"{field.name}.list.element" if pa.types.is_list(field.type) else field.name
 
 
 def sha256_hex(data: bytes) -> str:

@@ -267,3 +267,15 @@ def test_an_input_file_of_another_schema_is_refused_by_name(tmp_path):
     with pytest.raises(SchemaMismatch, match=r"bad\.parquet: required column 'kind' is missing"):
         plan_units([good, str(bad)])
     assert [u.num_rows for u in plan_units([good])] == [1]
+
+
+def test_token_columns_are_zstd_and_images_stored_as_is(packed):
+    path = f"{packed.output}/{PackedDataset(packed.output).shards[0]['path']}"
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    codec = {
+        meta.column(i).path_in_schema.split(".")[0]: meta.column(i).compression
+        for i in range(meta.num_columns)
+    }
+    for col in ("input_ids", "labels", "t_index", "h_index", "w_index", "image_ordinal"):
+        assert codec[col] == "ZSTD", col
+    assert codec["images"] == "UNCOMPRESSED"

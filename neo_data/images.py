@@ -131,12 +131,19 @@ def prepare_image(
 ) -> PreparedImage:
     """Decode, resize to the smart-resize target with Pillow's bicubic filter, and encode."""
     img = open_image(data, max_decode_pixels)
+    resized = resize_to_target(img, min_pixels, max_pixels)
+    if resized is img and _is_plain_jpeg(data) and encoding.format == "jpeg":
+        return PreparedImage(data, img.height, img.width)  # already right: keep the bytes
+    return PreparedImage(encode_image(resized, encoding), resized.height, resized.width)
+
+
+def resize_to_target(img: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    """The image at its smart-resize size (Pillow bicubic); the same object if already there.
+    Training data (the packer) and prompts (``neo chat``) both go through this."""
     height, width = smart_resize(img.height, img.width, min_pixels, max_pixels)
-    if (width, height) == img.size and _is_plain_jpeg(data) and encoding.format == "jpeg":
-        return PreparedImage(data, height, width)  # already right: keep the original bytes
-    if (width, height) != img.size:
-        img = img.resize((width, height), Image.Resampling.BICUBIC)
-    return PreparedImage(encode_image(img, encoding), height, width)
+    if (width, height) == img.size:
+        return img
+    return img.resize((width, height), Image.Resampling.BICUBIC)
 
 
 def encode_image(img: Image.Image, encoding: ImageEncoding) -> bytes:

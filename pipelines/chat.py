@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from neo_data.images import FACTOR, ImageRejected, open_image, smart_resize
+from neo_data.images import FACTOR, ImageRejected, open_image, resize_to_target, smart_resize
 from neo_data.tokens import (
     BUILTIN,
     NeoTokenizer,
@@ -56,14 +56,6 @@ class ChatError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
-    """The packer's rule: smart-resize target (multiples of 32), Pillow bicubic resize."""
-    height, width = smart_resize(image.height, image.width, min_pixels, max_pixels)
-    if (width, height) == image.size:
-        return image
-    return image.resize((width, height), Image.Resampling.BICUBIC)
-
-
 def build_prompt(
     tok: NeoTokenizer,
     turns: Sequence[tuple[str, str]],
@@ -78,7 +70,7 @@ def build_prompt(
     """
     pixels, grids = [], []
     for image in images:
-        resized = resize_for_model(image, min_pixels, max_pixels)
+        resized = resize_to_target(image, min_pixels, max_pixels)
         pixels.append(normalize_image(resized))
         grids.append((resized.height // FACTOR, resized.width // FACTOR))
     rendered = render_turns(tok, turns, grids, add_generation_prompt=True)

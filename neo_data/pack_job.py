@@ -255,7 +255,7 @@ class PackWindows:
             except SampleRejected as e:
                 rejected.append(self._rejected(unit, i, row, e.reason, e.detail))
                 continue
-            text_only = bool(row.get("text_only")) or not sample.images
+            text_only = not sample.images  # from the content: a wrong flag cannot break buckets
             bucket = (
                 None if text_only else bucket_of(sample.max_image_tokens_per_image, self.bounds)
             )

@@ -190,8 +190,6 @@ def _format_error(err: dict, root: yaml.Node | None, where: str) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; `neo manifest schema` lists the keys)"
-    if err["type"] == "literal_error":
-        msg = f"{msg}"
     at = f"{where}:{line}" if line else where
     return f"  {at}: {path or '(top level)'}: {shown}{msg}"
 

@@ -26,7 +26,7 @@ def image_entry(data: bytes) -> dict:
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-    except Exception:  # corrupt on purpose: sizes unknown
+    except (OSError, Image.UnidentifiedImageError):  # corrupt on purpose: sizes unknown
         w = h = None
     return {"bytes": data, "width": w, "height": h, "sha256": hashlib.sha256(data).hexdigest()}
 

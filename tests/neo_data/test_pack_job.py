@@ -185,7 +185,6 @@ def test_packed_samples_equal_encoding_their_source_rows(packed, curated_dir):
 def test_shards_read_with_datasets_without_project_code(packed):
     import datasets
 
-    files = sorted(str(p) for p in fsspec.open_files(f"{packed.output}/shards/**/*.parquet"))
     files = [f.path for f in fsspec.open_files(f"{packed.output}/shards/**/*.parquet")]
     ds = datasets.load_dataset("parquet", data_files=files, split="train")
     assert ds.num_rows == packed.index["totals"]["packs"]

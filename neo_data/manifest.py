@@ -17,9 +17,13 @@ from typing import Annotated, Any, Literal
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from neo_data.curate_spec import CurateSpec
 from neo_data.images import ImageEncoding
+from neo_data.recaption_spec import RecaptionSpec
+from neo_data.spec_base import Strict as _Strict
+from neo_data.train_spec import TrainSpec
 
 Stage = Literal["pretrain", "midtrain", "sft"]
 
@@ -30,10 +34,6 @@ STAGE_PIXELS: dict[str, tuple[int, int]] = {
     "sft": (256 * 256, 4096 * 4096),
 }
 STAGE_SEQ_LEN = {"pretrain": 16_384, "midtrain": 32_768, "sft": 32_768}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Bucket(_Strict):
@@ -103,6 +103,10 @@ class Manifest(_Strict):
     stage: Stage = "pretrain"
     data: DataSpec
     pack: PackSpec = PackSpec()
+    # Sections of the other jobs; each job refuses a manifest without its section.
+    curate: CurateSpec | None = None
+    recaption: RecaptionSpec | None = None
+    train: TrainSpec | None = None
 
     @model_validator(mode="after")
     def _budgets(self) -> Manifest:

@@ -1,10 +1,14 @@
 """The ``neo`` command: one entry point for every job and browsing tool.
 
 neo demo [--out runs/demo]          the main job on the bundled demo data
+neo curate --manifest FILE          URL lists -> curated samples (pipelines/curate.py)
+neo recaption --manifest FILE       curated samples -> new captions beside the old (pipelines/recaption.py)
 neo pack --manifest FILE            curated samples -> packed shards (pipelines/pack.py)
+neo train --manifest FILE           one training stage on Ray Train (pipelines/train.py)
 neo manifest validate FILE...       check manifests, with file/line/path in every error
 neo shards stats|verify|show URL    look into a packed dataset (local or s3://)
 neo chat --checkpoint DIR [Q]       ask a NEO checkpoint, once or in a conversation
+neo serve --checkpoint DIR          an OpenAI-compatible endpoint for a NEO checkpoint
 """
 
 from __future__ import annotations
@@ -15,7 +19,11 @@ import sys
 # subcommand -> module whose main(argv) runs it
 COMMANDS = {
     "demo": "pipelines.demo",
+    "curate": "pipelines.curate",
+    "recaption": "pipelines.recaption",
     "pack": "pipelines.pack",
+    "train": "pipelines.train",
+    "serve": "pipelines.serve",
     "manifest": "pipelines.manifest_cmd",
     "shards": "pipelines.shards_cmd",
     "chat": "pipelines.chat",

@@ -78,3 +78,14 @@ def ray_local(s3_endpoint):
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A real local Ray cluster (``ray start --head`` on 127.0.0.1, token auth) that jobs are
+    sent to with ``ray job submit``; see tests/raycluster.py. Shared by the session."""
+    from raycluster import RayCluster
+
+    cluster = RayCluster(tmp_path_factory.mktemp("ray"))
+    yield cluster
+    cluster.stop()

@@ -5,7 +5,10 @@ neo curate --manifest FILE          URL lists -> curated samples (pipelines/cura
 neo recaption --manifest FILE       curated samples -> new captions beside the old (pipelines/recaption.py)
 neo pack --manifest FILE            curated samples -> packed shards (pipelines/pack.py)
 neo train --manifest FILE           one training stage on Ray Train (pipelines/train.py)
-neo manifest validate FILE...       check manifests, with file/line/path in every error
+neo manifest validate|schema        check manifests (file:line in every error); JSON Schema for editors
+neo manifest show FILE [KEY]        a manifest with `extends` merged (--resolved: every default)
+neo manifest set FILE KEY=VALUE...  edit in place, comments kept; refuses an invalid result
+neo manifest diff A B               differences of two resolved manifests (exit 1 if any)
 neo shards stats|verify|show URL    look into a packed dataset (local or s3://)
 neo chat --checkpoint DIR [Q]       ask a NEO checkpoint, once or in a conversation
 neo serve --checkpoint DIR          an OpenAI-compatible endpoint for a NEO checkpoint

@@ -1,0 +1,126 @@
+"""`neo manifest validate|show|set|diff|schema` through the `neo` command, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neo_data.manifest import load_manifest
+from pipelines import cli
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = (REPO / "manifests" / "demo.yaml").read_text()
+
+
+def stage_files(tmp_path: Path) -> tuple[Path, Path]:
+    """demo.yaml as a base and a midtrain child that extends it."""
+    base = tmp_path / "base.yaml"
+    base.write_text(DEMO)
+    child = tmp_path / "mid.yaml"
+    child.write_text(
+        "# mid-training: longer packs\n"
+        "extends: base.yaml\n"
+        "name: mid\n"
+        "stage: midtrain\n"
+        "pack:\n"
+        "  seq_len: 8192   # twice the base\n"
+    )
+    return base, child
+
+
+def test_validate_resolves_extends(tmp_path, capsys):
+    base, child = stage_files(tmp_path)
+    assert cli.main(["manifest", "validate", str(base), str(child)]) == 0
+    out = capsys.readouterr().out
+    assert f"{child}: ok (mid, stage midtrain, sha256 " in out
+    assert load_manifest(child).content_hash()[:12] in out
+
+
+def test_show_merged_resolved_and_one_key(tmp_path, capsys):
+    _, child = stage_files(tmp_path)
+    assert cli.main(["manifest", "show", str(child)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"# {child} extends {tmp_path / 'base.yaml'}"
+    shown = yaml.safe_load(out)
+    assert "extends" not in shown and shown["name"] == "mid"
+    assert shown["pack"]["seq_len"] == 8192 and shown["pack"]["packs_per_shard"] == 16
+    assert "window_samples" not in shown["pack"]  # defaults only with --resolved
+
+    assert cli.main(["manifest", "show", str(child), "--resolved"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved == load_manifest(child).resolved()
+    assert resolved["pack"]["window_samples"] == 8192
+
+    assert cli.main(["manifest", "show", str(child), "pack.buckets[1]"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {
+        "pack.buckets[1]": {"name": "high", "max_image_tokens": 256}
+    }
+    assert cli.main(["manifest", "show", str(child), "pack.nope"]) == 2
+    assert f"{child}: no pack.nope in the manifest" in capsys.readouterr().err
+
+
+def test_show_refuses_an_invalid_manifest(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEMO.replace("packs_per_shard: 16", "packs_per_shard: 0"))
+    assert cli.main(["manifest", "show", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:20: pack.packs_per_shard: 0 -- Input should be greater than 0" in err
+
+
+def test_set_edits_in_place_and_refuses_invalid(tmp_path, capsys):
+    _, child = stage_files(tmp_path)
+    assert cli.main(["manifest", "set", str(child), "pack.seq_len=16384", "pack.seed=5"]) == 0
+    assert "set 2 value(s); ok (mid, stage midtrain)" in capsys.readouterr().out
+    text = child.read_text()
+    assert "  seq_len: 16384  # twice the base\n" in text and "  seed: 5\n" in text
+    assert text.startswith("# mid-training: longer packs\nextends: base.yaml\n")
+
+    before = child.read_text()
+    assert cli.main(["manifest", "set", str(child), "pack.text_ratio=1.5"]) == 2
+    err = capsys.readouterr().err
+    assert f"{child}:" in err and "pack.text_ratio: 1.5 -- Input should be less than 1" in err
+    assert err.rstrip().endswith(f"{child}: not changed")
+    assert child.read_text() == before
+
+
+def test_diff_exit_status_like_diff(tmp_path, capsys):
+    base, child = stage_files(tmp_path)
+    assert cli.main(["manifest", "diff", str(base), str(base)]) == 0
+    assert capsys.readouterr().out == ""
+    assert cli.main(["manifest", "diff", str(base), str(child)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"--- {base}", f"+++ {child}"]
+    assert lines[2:] == [
+        '- name: "demo"',
+        '+ name: "mid"',
+        '- stage: "pretrain"',
+        '+ stage: "midtrain"',
+        "- pack.seq_len: 4096",
+        "+ pack.seq_len: 8192",
+    ]
+    assert cli.main(["manifest", "diff", str(base), str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml: no such manifest" in capsys.readouterr().err
+
+
+def test_schema_includes_the_nested_sections(capsys):
+    assert cli.main(["manifest", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    props = set(schema["properties"])
+    assert {"extends", "name", "data", "pack", "curate", "recaption", "train"} <= props
+    defs = schema["$defs"]
+    for section in ("PackSpec", "DataSpec", "CurateSpec", "RecaptionSpec", "TrainSpec"):
+        assert section in defs and f"{section}Partial" in defs
+    assert defs["PackSpec"]["additionalProperties"] is False
+    assert "buckets" in defs["PackSpec"]["properties"]
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["manifest", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("validate", "show", "set", "diff", "schema"):
+        assert f"neo manifest {word}" in out

@@ -1,48 +1,207 @@
-"""``neo shards stats|verify|show URL``: look into a packed dataset on a local path or s3://."""
+"""``neo shards ls|stats|verify|show|serve URL``: look into packed datasets (local or s3://).
+
+    neo shards ls URL [--json] [--depth N]     datasets at or below URL; a dataset's shards
+    neo shards stats URL [--json]              buckets, tokens, fill, text ratio, sources, drops
+    neo shards verify URL                      every shard against the index's size and sha256
+    neo shards show URL [--shard I] --pack N [--sample K] [--save-images DIR]
+                                               one pack: sample text, tokens with T/H/W, images
+    neo shards serve URL [--host H] [--port P] [--open]
+                                               the same as a local read-only web page
+
+``s3://`` URLs use the usual AWS environment and config files (``AWS_ENDPOINT_URL`` for MinIO or
+another S3-compatible store). The logic lives in :mod:`neo_data.browser`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import webbrowser
 
+from neo_data.browser.views import (
+    dataset_row,
+    find_datasets,
+    format_sources,
+    format_table,
+    image_mime,
+    read_rejected,
+    sample_images,
+    sample_turns,
+    shard_rows,
+    source_counts,
+    token_rows,
+)
 from neo_data.pack_job import format_summary
-from neo_data.shards import PackedDataset
-from neo_data.tokens import load_tokenizer
+from neo_data.shards import PackedDataset, join, url_to_fs
+from neo_data.tokens import NeoTokenizer, load_tokenizer
+
+DATASET_COLUMNS = ["dataset", "name", "stage", "packs", "samples", "tokens", "bytes", "shards"]
+SHARD_COLUMNS = ["shard", "path", "bucket", "bytes", "packs", "samples", "tokens", "images"]
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="neo shards")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, text in (
-        ("stats", "buckets, tokens, fill, text ratio, drop reasons"),
-        ("verify", "check every shard against the index checksums"),
-    ):
-        sub.add_parser(name, help=text).add_argument("url")
-    show = sub.add_parser("show", help="one pack: its samples and their tokens with T/H/W")
-    show.add_argument("url")
-    show.add_argument("--shard", type=int, default=0)
-    show.add_argument("--pack", type=int, default=0)
-    show.add_argument("--sample", type=int, default=None, help="only this sample of the pack")
-    args = ap.parse_args(argv)
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except (FileNotFoundError, IndexError, ValueError) as e:  # bad URL, pack number, schema
+        print(f"neo shards {args.cmd}: {e}", file=sys.stderr)
+        return 2
 
-    ds = PackedDataset(args.url)
-    if args.cmd == "stats":
-        print(format_summary(ds.index))
-        return 0
-    if args.cmd == "verify":
-        problems = ds.verify()
-        for p in problems:
-            print(p, file=sys.stderr)
-        print(f"{len(ds.shards)} shards checked, {len(problems)} problem(s)")
-        return 1 if problems else 0
-    print(
-        format_pack(ds.read_pack(args.shard, args.pack), ds.index["tokenizer"]["spec"], args.sample)
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="neo shards", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ls = sub.add_parser("ls", help="datasets (name, stage, packs, samples, tokens, bytes, shards)")
+    ls.add_argument("url", help="a dataset root, or a prefix holding datasets")
+    ls.add_argument("--depth", type=int, default=3, help="directories to search below URL")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    stats = sub.add_parser("stats", help="buckets, tokens, fill, text ratio, sources, drops")
+    stats.add_argument("url")
+    stats.add_argument("--json", action="store_true", help="the index totals, buckets, sources")
+    sub.add_parser("verify", help="check every shard against the index checksums").add_argument(
+        "url"
     )
+    show = sub.add_parser("show", help="one pack: sample text, tokens with T/H/W, images")
+    show.add_argument("url")
+    show.add_argument("--shard", type=int, default=0, help="shard number (see `ls`)")
+    show.add_argument(
+        "--pack",
+        default="0",
+        help="pack number in --shard, or a pack id (e.g. low-00000-0000-0003)",
+    )
+    show.add_argument("--sample", type=int, default=None, help="only this sample of the pack")
+    show.add_argument("--save-images", metavar="DIR", help="write the pack's images to DIR")
+    show.add_argument("--no-tokens", action="store_true", help="sample text only, no token table")
+    serve = sub.add_parser("serve", help="a local read-only web page with the same views")
+    serve.add_argument("url")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    serve.add_argument("--depth", type=int, default=3, help="directories to search below URL")
+    serve.add_argument("--open", action="store_true", help="open the page in a web browser")
+    return ap
+
+
+# ---------------------------------------------------------------------------------------------
+# ls
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    entries = find_datasets(args.url, args.depth)
+    if not entries:
+        print(
+            f"neo shards ls: no packed dataset (index.json) at most {args.depth} levels below "
+            f"{args.url}",
+            file=sys.stderr,
+        )
+        return 1
+    rows = [dataset_row(e) for e in entries]
+    single = len(entries) == 1 and entries[0].index is not None
+    if single:
+        rows[0]["shard_list"] = shard_rows(entries[0].index)
+    if args.json:
+        print(json.dumps(rows if not single else rows[0], indent=1))
+        return 0
+    print(format_table(rows, DATASET_COLUMNS))
+    for r in rows:
+        if r.get("problem"):
+            print(f"  {r['dataset']}: {r['problem']}")
+    if single:
+        print(f"\n{len(rows[0]['shard_list'])} shards of {entries[0].url}")
+        print(format_table(rows[0]["shard_list"], SHARD_COLUMNS))
     return 0
 
 
-def format_pack(pack: dict, tokenizer: str, only_sample: int | None = None) -> str:
-    tok = load_tokenizer(tokenizer)
+# ---------------------------------------------------------------------------------------------
+# stats / verify
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    ds = PackedDataset(args.url)
+    rejected = read_rejected(ds)
+    sources = source_counts(ds, rejected)
+    if args.json:
+        out = {
+            "totals": ds.index["totals"],
+            "buckets": ds.index["buckets"],
+            "sources": {
+                s: {"packed": c.packed, "text_only": c.text_only, "dropped": dict(c.dropped)}
+                for s, c in sources.items()
+            },
+        }
+        print(json.dumps(out, indent=1))
+        return 0
+    print(format_summary(ds.index))
+    print("\nsources (rows in = packed + dropped)")
+    print("  " + format_sources(sources).replace("\n", "\n  "))
+    dropped = ds.index["totals"]["dropped"]
+    in_files = sum(c.total - c.packed for c in sources.values())
+    if in_files != sum(dropped.values()):
+        print(
+            f"\nwarning: rejected/ holds {in_files} rows but the index counts "
+            f"{sum(dropped.values())} dropped",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    ds = PackedDataset(args.url)
+    problems = ds.verify()
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"{len(ds.shards)} shards checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# show
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    ds = PackedDataset(args.url)
+    shard, pack_no = resolve_pack(ds, args.shard, args.pack)
+    pack = ds.read_pack(shard, pack_no)
+    n_samples = len(pack["cu_seqlens"]) - 1
+    if args.sample is not None and not 0 <= args.sample < n_samples:
+        raise IndexError(f"pack {pack['pack_id']}: no sample {args.sample} (it has {n_samples})")
+    tok = load_tokenizer(ds.index["tokenizer"]["spec"])
+    print(format_pack(pack, tok, args.sample, tokens=not args.no_tokens))
+    if args.save_images:
+        for path in save_images(pack, args.save_images, args.sample):
+            print(f"wrote {path}")
+    elif pack["images"]:
+        print(
+            f"\n{len(pack['images'])} images: --save-images DIR writes them, "
+            f"`neo shards serve {args.url}` shows them"
+        )
+    return 0
+
+
+def resolve_pack(ds: PackedDataset, shard: int, pack: str) -> tuple[int, int]:
+    """``(shard, pack in shard)`` from a pack number in ``shard`` or a pack id
+    (``<bucket>-<window>-<shard>-<pack>``, as ``pack_id`` and ``stats`` print it)."""
+    if pack.isdigit():
+        if not 0 <= shard < len(ds.shards):
+            raise IndexError(f"{ds.url}: no shard {shard} (it has {len(ds.shards)})")
+        return shard, int(pack)
+    bucket, window, in_window, number = (pack.rsplit("-", 3) + ["", "", ""])[:4]
+    want = f"shards/{bucket}/shard-{window}-{in_window}.parquet"
+    for i, s in enumerate(ds.shards):
+        if s["path"] == want and number.isdigit():
+            return i, int(number)
+    raise ValueError(f"{ds.url}: no pack id {pack!r} (expected <bucket>-<window>-<shard>-<pack>)")
+
+
+def format_pack(
+    pack: dict, tok: NeoTokenizer, only_sample: int | None = None, tokens: bool = True
+) -> str:
+    """A pack as text: per sample its id, source, images and turns, then its tokens with T/H/W
+    (image tokens shown by their first and last)."""
     cu = pack["cu_seqlens"]
     lines = [
         f"pack {pack['pack_id']} ({pack['bucket']}): {pack['num_tokens']} tokens, "
@@ -51,23 +210,80 @@ def format_pack(pack: dict, tokenizer: str, only_sample: int | None = None) -> s
     for k in range(len(cu) - 1):
         if only_sample is not None and k != only_sample:
             continue
-        lines.append(f"\nsample {k}: {pack['sample_ids'][k]} from {pack['sample_sources'][k]}")
-        lines.append(f"  {'pos':>6} {'T':>5} {'H':>3} {'W':>3} {'img':>3}  {'label':>7}  token")
-        prev_img = None
-        for i in range(cu[k], cu[k + 1]):
-            o = pack["image_ordinal"][i]
-            if (
-                o >= 0
-                and o == prev_img
-                and pack["h_index"][i] + pack["w_index"][i] > 0
-                and i + 1 < cu[k + 1]
-                and pack["image_ordinal"][i + 1] == o
-            ):
-                continue  # print the first and the last token of each image
-            prev_img = o
-            label = pack["labels"][i]
+        kind = "text-only" if pack["sample_text_only"][k] else "multimodal"
+        lines.append(
+            f"\nsample {k}: {pack['sample_ids'][k]} from {pack['sample_sources'][k]} "
+            f"({kind}, {cu[k + 1] - cu[k]} tokens)"
+        )
+        for o in sample_images(pack, k):
+            h, w = pack["image_heights"][o], pack["image_widths"][o]
+            lines.append(f"  image {o}: {w}x{h} px, {h // 32}x{w // 32} tokens (HxW)")
+        for turn in sample_turns(pack, k, tok):
+            text = turn.content.replace("\n", "\n" + " " * 13)
+            lines.append(f"  {turn.role + ':':<10} {text}")
+        if tokens:
             lines.append(
-                f"  {i:>6} {pack['t_index'][i]:>5} {pack['h_index'][i]:>3} {pack['w_index'][i]:>3} "
-                f"{o if o >= 0 else '':>3}  {label if label >= 0 else '':>7}  {tok.id_to_token(pack['input_ids'][i])!r}"
+                f"\n  {'pos':>6} {'T':>5} {'H':>3} {'W':>3} {'img':>3}  {'label':>7}  token"
             )
+            for r in token_rows(pack, tok, sample=k):
+                more = f"  ... {r['skipped']} more image tokens" if r["skipped"] else ""
+                lines.append(
+                    f"  {r['pos']:>6} {r['t']:>5} {r['h']:>3} {r['w']:>3} "
+                    f"{'' if r['image'] is None else r['image']:>3}  "
+                    f"{'' if r['label'] is None else r['label']:>7}  {r['token']!r}{more}"
+                )
     return "\n".join(lines)
+
+
+def save_images(pack: dict, out: str, only_sample: int | None = None) -> list[str]:
+    """Write the pack's images (or one sample's) to ``out`` (any fsspec URL) as
+    ``<pack_id>-img<k>.<ext>``, byte for byte as stored; return the paths written."""
+    fs, root = url_to_fs(out)
+    fs.makedirs(root, exist_ok=True)
+    ordinals = (
+        range(len(pack["images"])) if only_sample is None else sample_images(pack, only_sample)
+    )
+    written = []
+    for o in ordinals:
+        data = pack["images"][o]
+        _, ext = image_mime(data)
+        path = join(root, f"{pack['pack_id']}-img{o:03d}.{ext}")
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from neo_data.browser.web import BackgroundServer, is_loopback
+
+    server = BackgroundServer(args.url, args.host, args.port, args.depth)
+    if not is_loopback(args.host):
+        print(
+            f"warning: serving on {args.host}: anyone who can reach it reads these datasets "
+            "(there is no login)",
+            file=sys.stderr,
+        )
+    with server:
+        print(f"neo shards: serving {args.url} at {server.base_url}/  (Ctrl-C to stop)", flush=True)
+        if args.open:
+            webbrowser.open(server.base_url + "/")
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            print("stopped")
+    return 0
+
+
+COMMANDS = {
+    "ls": cmd_ls,
+    "stats": cmd_stats,
+    "verify": cmd_verify,
+    "show": cmd_show,
+    "serve": cmd_serve,
+}

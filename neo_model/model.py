@@ -403,7 +403,10 @@ class NeoVisionModel(nn.Module):
         tokens = [self.embeddings(image) for image in pixel_values]
         if not tokens:
             weight = self.embeddings.dense_embedding.weight
-            return weight.new_zeros(0, weight.shape[0])
+            # Empty, yet tied to every weight (zero gradients): data-parallel ranks then run
+            # the same FSDP all-gathers and gradient reductions whether or not they saw images.
+            anchor = sum(p.sum() for p in self.parameters()) * 0.0
+            return weight.new_zeros(0, weight.shape[0]) + anchor
         return torch.cat(tokens)
 
 
@@ -452,6 +455,7 @@ class NeoChatModel(nn.Module):
         loss_weighting: LossWeighting = "token",
         backend: Backend | None = None,
         cache: KVCache | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> NeoOutput:
         """Logits (and loss) for ``[B, L]`` tokens, e.g. the columns of packed shard rows.
 
@@ -470,6 +474,9 @@ class NeoChatModel(nn.Module):
                 as the released training code does); the loss is the weighted mean.
             backend: ``"sdpa"`` or ``"flex"``; default flex on CUDA, sdpa elsewhere.
             cache: a :class:`KVCache` to extend (generation); positions continue after it.
+            logits_at: ``[B, L]`` bool: compute logits only there, returned as ``[N, vocab]``
+                in row-major order (training: only supervised positions need the vocabulary
+                projection, the largest matrix of a small model). Not with ``labels``.
         """
         if sample_ids is not None and cu_seqlens is not None:
             raise ValueError("pass sample_ids or cu_seqlens, not both")
@@ -492,6 +499,10 @@ class NeoChatModel(nn.Module):
         mask = build_mask(mask_ids, mask_ordinal, backend, q_offset)
 
         hidden_states = self.language_model.model(inputs_embeds, rope, mask, cache)
+        if logits_at is not None:
+            if labels is not None:
+                raise ValueError("pass labels or logits_at, not both")
+            hidden_states = hidden_states[logits_at]
         logits = self.language_model.lm_head(hidden_states)
         loss = None
         if labels is not None:
@@ -505,9 +516,9 @@ class NeoChatModel(nn.Module):
         inputs_embeds = self.language_model.model.embed_tokens(input_ids.long())
         is_image = input_ids == IMG_CONTEXT_ID
         num_image_tokens = int(is_image.sum())
-        if num_image_tokens == 0 and not pixel_values:
+        if num_image_tokens == 0 and not pixel_values and not self.training:
             return inputs_embeds
-        image_embeds = self.vision_model(pixel_values or [])
+        image_embeds = self.vision_model(pixel_values or [])  # in training: even for no image
         if image_embeds.shape[0] != num_image_tokens:
             raise ImageTokenMismatch(
                 f"{num_image_tokens} <IMG_CONTEXT> tokens in input_ids but the patch embedding "
@@ -516,6 +527,42 @@ class NeoChatModel(nn.Module):
         return inputs_embeds.masked_scatter(
             is_image[..., None], image_embeds.to(inputs_embeds.dtype)
         )
+
+
+def loss_weights(
+    labels: torch.Tensor, sample_ids: torch.Tensor, weighting: LossWeighting = "token"
+) -> torch.Tensor:
+    """Per-token loss weights ``[B, L]`` (float32; 0 where ``labels`` is -100).
+
+    ``"token"``: 1 per supervised token. ``"sample_sqrt"`` (the released training code): a token
+    of a sample with ``n`` supervised tokens weighs ``1/sqrt(n)``, so a sample's total is
+    ``sqrt(n)``. ``sample_ids`` tells the packed samples apart, row by row.
+    """
+    weight = (labels != IGNORE_INDEX).to(torch.float32)
+    if weighting == "token":
+        return weight
+    if weighting != "sample_sqrt":
+        raise ValueError(f"loss_weighting {weighting!r}: expected 'token' or 'sample_sqrt'")
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
+    keys = torch.stack((rows.flatten(), sample_ids.flatten().to(rows.device)), dim=1)
+    _, group = torch.unique(keys, dim=0, return_inverse=True)
+    flat = weight.flatten()
+    per_sample = torch.bincount(group, weights=flat)
+    return (flat / per_sample[group].clamp(min=1).sqrt()).view_as(weight)
+
+
+def weighted_token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """``sum_i weights_i * CE(logits_i, labels_i)`` over ``[B, L]`` tokens (fp32; not divided:
+    the trainer divides by the weight total over every rank and micro-batch of a step)."""
+    token_loss = F.cross_entropy(
+        logits.flatten(0, 1).float(),
+        labels.long().flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return (token_loss * weights.flatten()).sum()
 
 
 def causal_lm_loss(
@@ -530,20 +577,7 @@ def causal_lm_loss(
         logits: ``[B, L, vocab]``.
         labels: ``[B, L]`` already-shifted targets, -100 = not supervised.
         sample_ids: ``[B, L]`` packed-sample id per token (for ``"sample_sqrt"``).
-        weighting: ``"token"``: weight 1 per supervised token. ``"sample_sqrt"``: weight
-            ``1/sqrt(n)`` for a token of a sample with ``n`` supervised tokens.
+        weighting: see :func:`loss_weights`.
     """
-    labels = labels.long()
-    token_loss = F.cross_entropy(
-        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    weight = (labels.flatten() != IGNORE_INDEX).to(torch.float32)
-    if weighting == "sample_sqrt":
-        rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
-        keys = torch.stack((rows.flatten(), sample_ids.flatten().to(rows.device)), dim=1)
-        _, group = torch.unique(keys, dim=0, return_inverse=True)
-        per_sample = torch.bincount(group, weights=weight)
-        weight = weight / per_sample[group].clamp(min=1).sqrt()
-    elif weighting != "token":
-        raise ValueError(f"loss_weighting {weighting!r}: expected 'token' or 'sample_sqrt'")
-    return (token_loss * weight).sum() / weight.sum().clamp(min=1e-6)
+    weights = loss_weights(labels, sample_ids, weighting)
+    return weighted_token_loss(logits, labels, weights) / weights.sum().clamp(min=1e-6)

@@ -1,0 +1,190 @@
+"""The training loop's parts without Ray: trainable sets, schedule, data order and resume,
+loss normalisation, checkpoint round trip, stage export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from neo_data.loader import PackOrder, PackStream
+from neo_data.train_spec import TrainSpec
+from neo_model.config import debug
+from neo_model.model import NeoChatModel
+from neo_model.stages import POST_LLM_HW, set_trainable, trainable_names
+from neo_model.trainer import lr_factor
+from neo_model.weights import from_pretrained
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_stage_1_trains_exactly_patch_embedding_pre_buffer_and_post_llm_hw_parts():
+    cfg = debug()
+    with torch.device("meta"):
+        model = NeoChatModel(cfg)
+    names = set(trainable_names(model, cfg, "pretrain", "stage"))
+    expected = {
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.patch_embedding.bias",
+        "vision_model.embeddings.dense_embedding.weight",
+        "vision_model.embeddings.dense_embedding.bias",
+    }
+    for i in range(cfg.num_extra_layers):  # the pre-Buffer, whole
+        expected |= {
+            n
+            for n, _ in model.named_parameters()
+            if n.startswith(f"language_model.model.layers.{i}.")
+        }
+    for i in range(cfg.num_extra_layers, cfg.num_layers):  # post-LLM: H/W q/k and their norms
+        expected |= {f"language_model.model.layers.{i}.{part}weight" for part in POST_LLM_HW}
+    assert names == expected
+    frozen = {n for n, _ in model.named_parameters()} - names
+    assert "language_model.model.embed_tokens.weight" in frozen
+    assert "language_model.model.norm.weight" in frozen
+    assert f"language_model.model.layers.{cfg.num_extra_layers}.self_attn.q_proj.weight" in frozen
+    assert f"language_model.model.layers.{cfg.num_layers - 1}.mlp.down_proj.weight" in frozen
+    # stages 2 and 3, and trainable: all, train everything
+    everything = {n for n, _ in model.named_parameters()}
+    for stage, trainable in (("midtrain", "stage"), ("sft", "stage"), ("pretrain", "all")):
+        assert set(trainable_names(model, cfg, stage, trainable)) == everything
+    set_trainable(model, cfg, "pretrain", "stage")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+
+
+def test_schedule_warms_up_then_decays_to_the_minimum_ratio():
+    total, warmup, ratio = 100, 10, 0.1
+    f = [lr_factor(s, warmup, total, ratio) for s in range(total + 5)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10], strict=False))
+    assert all(a >= b for a, b in zip(f[10:total], f[11:total], strict=False))
+    assert f[total] == pytest.approx(ratio) and f[-1] == pytest.approx(ratio)
+    spec = TrainSpec(init={"kind": "random"}, output="x", steps=1)
+    assert spec.resolved_lr("pretrain") == (8e-4, 0.1)
+    assert spec.resolved_lr("midtrain") == (4e-5, 0.2)
+    assert spec.resolved_lr("sft") == (5e-5, 0.1)
+
+
+def test_order_is_seeded_covers_every_pack_each_epoch_and_ranks_are_disjoint():
+    order = PackOrder([3, 4, 2], seed=7)
+    epoch0 = [order.at(p) for p in range(9)]
+    assert sorted(epoch0) == sorted(order.refs)
+    assert [order.at(p) for p in range(9, 18)] != epoch0  # a new permutation per epoch
+    assert [PackOrder([3, 4, 2], seed=7).at(p) for p in range(30)] == [
+        order.at(p) for p in range(30)
+    ]
+    assert [PackOrder([3, 4, 2], seed=8).at(p) for p in range(9)] != epoch0
+
+
+def test_stream_resumes_with_the_very_next_packs(tiny_packed):
+    world = 2
+    full = [
+        [
+            p.pack_id
+            for _, p in zip(range(6), PackStream(tiny_packed, r, world, seed=3), strict=False)
+        ]
+        for r in range(world)
+    ]
+    # an interrupted run consumed 2 steps of 1 pack per rank: cursor = 2 * world
+    resumed = [
+        [
+            p.pack_id
+            for _, p in zip(
+                range(4), PackStream(tiny_packed, r, world, seed=3, start=2 * world), strict=False
+            )
+        ]
+        for r in range(world)
+    ]
+    assert [f[2:] for f in full] == resumed
+    assert not set(full[0]) & set(full[1][:2])  # ranks read different packs
+
+
+def _trainer_cmd(manifest: Path, out: Path, sets: list[str]) -> list[str]:
+    args = [sys.executable, "-m", "neo_model.trainer", "--manifest", str(manifest)]
+    for s in [f"train.output={out}", *sets]:
+        args += ["--set", s]
+    return args
+
+
+def _env(log_dir: Path) -> dict:
+    return {**os.environ, "NEO_TRAIN_PACK_LOG": str(log_dir)}
+
+
+def _log(log_dir: Path, rank: int = 0) -> list[dict]:
+    return [json.loads(x) for x in (log_dir / f"rank-{rank}.jsonl").read_text().split("\n") if x]
+
+
+@pytest.fixture(scope="module")
+def manifest_file(tiny_packed, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("m") / "train.yaml"
+    path.write_text(
+        f"""
+name: tiny
+stage: pretrain
+data: {{curated: [unused], packed: {tiny_packed}}}
+pack: {{seq_len: 384, max_pixels: 4096, min_pixels: 1024, buckets: [{{name: all, max_image_tokens: 4}}]}}
+train:
+  init: {{kind: random, preset: debug}}
+  output: unused
+  steps: 6
+  log_every: 2
+  checkpoint_every: 2
+  trainable: all
+  lr: 1.0e-3
+"""
+    )
+    return path
+
+
+def test_killed_run_resumes_from_its_checkpoint_exactly(manifest_file, tmp_path):
+    """kill -9 a one-process run once its step-2 checkpoint is complete; the rerun continues
+    from the latest complete checkpoint with the very next packs, and ends with the same
+    weights, bit for bit, as a run that was never interrupted."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run = subprocess.run(
+        _trainer_cmd(manifest_file, straight, []), cwd=REPO, env=_env(tmp_path / "log-straight"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    proc = subprocess.Popen(
+        _trainer_cmd(manifest_file, resumed, []), cwd=REPO, env=_env(tmp_path / "log-resumed"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    done = resumed / "checkpoints/step-00000002/.done-rank0"
+    deadline = time.time() + 300
+    while not done.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "export").exists(), "the run ended before it could be killed"
+    killed_steps = [x["step"] for x in _log(tmp_path / "log-resumed")]
+
+    run = subprocess.run(
+        _trainer_cmd(manifest_file, resumed, []), cwd=REPO, env=_env(tmp_path / "log-resumed"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "from step 2 (cursor 2)" in run.stderr or "from step 4 (cursor 4)" in run.stderr
+    logged = _log(tmp_path / "log-resumed")
+    after = logged[len(killed_steps) :]
+    assert after and after[0]["step"] in (3, 5)  # the step after the restored checkpoint
+    straight_log = {x["step"]: x["pack_id"] for x in _log(tmp_path / "log-straight")}
+    assert {x["step"]: x["pack_id"] for x in logged} == straight_log
+    assert all(straight_log[x["step"]] == x["pack_id"] for x in after)
+
+    a, b = from_pretrained(straight / "export"), from_pretrained(resumed / "export")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    state = json.loads((resumed / "checkpoints/step-00000006/trainer_state.json").read_text())
+    assert state == {"step": 6, "cursor": 6, "world_size": 1}
+    # keep_checkpoints (3) complete checkpoints are kept
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
+        "step-00000002", "step-00000004", "step-00000006",
+    ]  # fmt: skip

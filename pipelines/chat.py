@@ -15,66 +15,31 @@ else to 1,280 .. 4,096 image tokens (how the released SFT models are evaluated).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
 import fsspec
-import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
 
-from neo_data.images import FACTOR, ImageRejected, open_image, resize_to_target, smart_resize
-from neo_data.tokens import (
-    BUILTIN,
-    NeoTokenizer,
-    TemplateError,
-    load_tokenizer,
-    render_turns,
-    user_content,
-)
+from neo_data.images import ImageRejected, open_image, smart_resize
+from neo_data.tokens import BUILTIN, NeoTokenizer, TemplateError, load_tokenizer, user_content
+from neo_model import prompting
 from neo_model.generate import Prompt, SamplingParams, generate
-from neo_model.model import NeoChatModel, normalize_image
-from neo_model.weights import CONFIG_NAME, from_pretrained
+from neo_model.model import NeoChatModel
+from neo_model.prompting import (  # noqa: F401  (build_prompt: part of chat's public names)
+    MAX_DECODE_PIXELS,
+    CheckpointError,
+    build_prompt,
+    pixel_budget,
+)
 
-DEFAULT_MIN_PIXELS = 1280 * FACTOR * FACTOR
-DEFAULT_MAX_PIXELS = 4096 * FACTOR * FACTOR
-MAX_DECODE_PIXELS = 178_956_970  # the packer's default decode cap
 HELP = "commands: /image PATH (attach to the next question), /reset, /exit"
 
 
 class ChatError(Exception):
     """A problem reported as one line on stderr, exit status 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Prompt building (reusable: evaluation scripts build prompts the same way)
-# ---------------------------------------------------------------------------------------------
-
-
-def build_prompt(
-    tok: NeoTokenizer,
-    turns: Sequence[tuple[str, str]],
-    images: Sequence[Image.Image],
-    min_pixels: int,
-    max_pixels: int,
-) -> tuple[np.ndarray, list[tuple[int, int]], list[torch.Tensor]]:
-    """Token ids (ending with ``<|im_start|>assistant\\n``), image grids and pixel tensors.
-
-    ``images`` are decoded RGB images, one per ``<image>`` placeholder in ``turns``, in order.
-    Raises ``ImageRejected`` (smart resize) or ``TemplateError`` (placeholders != images).
-    """
-    pixels, grids = [], []
-    for image in images:
-        resized = resize_to_target(image, min_pixels, max_pixels)
-        pixels.append(normalize_image(resized))
-        grids.append((resized.height // FACTOR, resized.width // FACTOR))
-    rendered = render_turns(tok, turns, grids, add_generation_prompt=True)
-    return rendered.input_ids, grids, pixels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,16 +64,10 @@ def load_image(source: str, min_pixels: int, max_pixels: int) -> Image.Image:
 
 def load_checkpoint(path: str, device: str) -> tuple[NeoChatModel, dict]:
     """The model (eval mode, on ``device``) and the raw ``vision_config`` of its config.json."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ChatError(f"checkpoint {path}: no such directory")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        model = from_pretrained(directory, dtype)
-        vision = json.loads((directory / CONFIG_NAME).read_text())["vision_config"]
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
-        raise ChatError(f"checkpoint {path}: not a NEO checkpoint ({e})") from e
-    return model.to(device).eval(), vision
+        return prompting.load_checkpoint(path, device)
+    except CheckpointError as e:
+        raise ChatError(str(e)) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,13 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         model, vision = load_checkpoint(args.checkpoint, args.device)
-        min_pixels, max_pixels = args.min_pixels, args.max_pixels
-        if min_pixels is None:
-            min_pixels = model.config.min_pixels if "min_pixels" in vision else DEFAULT_MIN_PIXELS
-        if max_pixels is None:
-            max_pixels = model.config.max_pixels if "max_pixels" in vision else DEFAULT_MAX_PIXELS
-        if not 0 < min_pixels <= max_pixels:
-            raise ChatError(f"pixel budget {min_pixels}..{max_pixels}: need 0 < min <= max")
+        try:
+            min_pixels, max_pixels = pixel_budget(model, vision, args.min_pixels, args.max_pixels)
+        except ValueError as e:
+            raise ChatError(str(e)) from e
         try:
             tok = load_tokenizer(args.tokenizer)
         except (OSError, ValueError) as e:

@@ -1,0 +1,62 @@
+"""Recaption curated samples with a captioning model (the manifest's ``recaption:`` section).
+
+python -m pipelines.recaption --manifest manifests/recaption_example.yaml
+ray job submit --working-dir . -- python -m pipelines.recaption --manifest FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from neo_data.captioners import CaptionerUnavailable
+from neo_data.manifest import ManifestError, load_manifest
+from neo_data.pack_job import OutputConflict
+from neo_data.ray_env import init_ray
+from neo_data.recaption import format_summary, run_recaption
+from neo_data.recaption_spec import check_policy
+from neo_data.schema import SchemaMismatch
+from pipelines.pack import parse_overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="neo recaption", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--manifest", required=True, help="manifest YAML (local path or s3://)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a manifest value, e.g. --set recaption.batch_size=32",
+    )
+    args = ap.parse_args(argv)
+    try:
+        manifest = load_manifest(args.manifest, overrides=parse_overrides(args.set))
+    except ManifestError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if manifest.recaption is None:
+        print(f"{args.manifest}: no `recaption:` section", file=sys.stderr)
+        return 2
+    try:
+        check_policy(manifest.recaption, manifest.pack.caption_choice)
+    except ValueError as e:
+        print(f"{args.manifest}: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    init_ray()
+    try:
+        result = run_recaption(manifest)
+    except (OutputConflict, FileNotFoundError, SchemaMismatch, CaptionerUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result.files_skipped:
+        print(f"{result.files_skipped} input file(s) were already done (resumed).")
+    print(format_summary(result.report))
+    print(f"\nwrote {result.output}/report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

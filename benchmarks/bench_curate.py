@@ -1,14 +1,18 @@
-"""Curation throughput: our job against plain img2dataset, and filters/dedup per core.
+"""Curation throughput: our job (each download engine) against plain img2dataset, and
+filters/dedup per core.
 
     python benchmarks/bench_curate.py                  # 1,000 samples, about 1-2 minutes
     python benchmarks/bench_curate.py --samples 10000  # the figures of the report
 
-Both downloaders fetch the same generated JPEGs from one loopback HTTP server (the test crawl
-server, in this process) with the same processes x threads on the same cores. img2dataset runs
-as a plain user runs it (multiprocessing distributor, original bytes kept: ``resize_mode="no"``,
-``skip_reencode``, sha256 on); ours is the whole job on a local Ray already started (as on a
-cluster): download, full decode, filters, perceptual hash, cross-run dedup, output and report.
-Printed: a table with rates and ratios against img2dataset measured in the same run.
+All runs fetch the same generated JPEGs from one loopback HTTP server (the test crawl server, in
+this process) with the same processes x threads on the same cores. img2dataset runs as a plain
+user runs it (multiprocessing distributor, original bytes kept: ``resize_mode="no"``,
+``skip_reencode``, sha256 on): the baseline. Ours is the whole job on a local Ray already started
+(as on a cluster): download, full decode, filters, perceptual hash, cross-run dedup, output and
+report, once per ``download.engine``: ``neo`` (our urllib fetch) and ``img2dataset`` (its
+``download_image`` in our tasks; its time includes importing img2dataset once in each fresh Ray
+worker, as a cluster pays it). Printed: a table with an engine column, rates and ratios against
+the img2dataset baseline measured in the same run, and each run's peak worker RSS.
 
 Also, on one core: filters (decode + hash + caption + language) per second, dedup decisions per
 second, and memory (peak RSS) of a curation worker and of the single-core filter loop. A tenth
@@ -65,6 +69,7 @@ def make_corpus(n: int, seed: int = 0) -> tuple[dict[str, tuple[bytes, str]], li
 
 
 def rss_mib() -> float:
+    """Peak RSS of this process (the driver; workers report theirs in the curation report)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -90,7 +95,9 @@ def run_img2dataset(
     return seconds, ok
 
 
-def run_ours(url_file: Path, out: Path, processes: int, threads: int, rows_per_task: int):
+def run_ours(
+    url_file: Path, out: Path, processes: int, threads: int, rows_per_task: int, engine: str
+):
     from neo_data.curate import run_curate
     from neo_data.manifest import Manifest
 
@@ -101,7 +108,7 @@ def run_ours(url_file: Path, out: Path, processes: int, threads: int, rows_per_t
             "curate": {
                 "output": str(out),
                 "download": {"processes": processes, "threads": threads,
-                             "rows_per_task": rows_per_task, "retries": 0},
+                             "rows_per_task": rows_per_task, "retries": 0, "engine": engine},
                 "filters": {"languages": ["en"], "language_min_chars": 0,
                             "min_language_score": 0.0},
                 "sources": [{"name": "bench", "path": str(url_file)}],
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from neo_data.ray_env import init_ray
 
+    # Fresh workers for each engine (restart_ray_workers): Ray reuses idle workers, and a run
+    # would otherwise inherit the previous one's imports and memory.
     init_ray(num_cpus=args.processes)
     with CrawlServer(files=files) as server, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -166,27 +175,47 @@ def main(argv: list[str] | None = None) -> None:
         i2d_s, i2d_ok = run_img2dataset(
             url_file, tmp / "i2d", args.processes, args.threads, rows_per_task
         )
-        ours_s, report = run_ours(url_file, tmp / "ours", args.processes, args.threads,
-                                  rows_per_task)  # fmt: skip
+        ours = {}
+        for engine in ("neo", "img2dataset"):
+            if ours:
+                restart_ray_workers(args.processes)
+            ours[engine] = run_ours(url_file, tmp / f"ours-{engine}", args.processes,
+                                    args.threads, rows_per_task, engine)  # fmt: skip
 
     n = args.samples
-    kept, dropped = report["totals"]["kept"], report["by_reason"]
     print()
-    print(f"{'run':<44}{'seconds':>9}{'samples/s':>11}{'MiB/s':>8}{'ratio':>8}")
-    print(f"{'img2dataset (download, sha256, parquet)':<44}{i2d_s:>9.2f}{n / i2d_s:>11.1f}"
-          f"{mib / i2d_s:>8.2f}{1.0:>8.2f}")  # fmt: skip
-    print(f"{'neo curate (download, filter, dedup, report)':<44}{ours_s:>9.2f}{n / ours_s:>11.1f}"
-          f"{mib / ours_s:>8.2f}{i2d_s / ours_s:>8.2f}")  # fmt: skip
+    print(f"{'run':<46}{'engine':<13}{'seconds':>9}{'samples/s':>11}{'MiB/s':>8}{'ratio':>8}"
+          f"{'worker RSS':>12}")  # fmt: skip
+    print(f"{'img2dataset (download, sha256, parquet)':<46}{'(its own)':<13}{i2d_s:>9.2f}"
+          f"{n / i2d_s:>11.1f}{mib / i2d_s:>8.2f}{1.0:>8.2f}{'-':>12}")  # fmt: skip
+    for engine, (secs, report) in ours.items():
+        rss = f"{report['timing']['max_worker_rss_mib']:.0f} MiB"
+        print(f"{'neo curate (download, filter, dedup, report)':<46}{engine:<13}{secs:>9.2f}"
+              f"{n / secs:>11.1f}{mib / secs:>8.2f}{i2d_s / secs:>8.2f}{rss:>12}")  # fmt: skip
+    print("ratio: img2dataset's seconds / this run's seconds (above 1: faster than img2dataset)")
     print()
-    print(f"img2dataset downloaded {i2d_ok:,}/{n:,}; neo kept {kept:,}, dropped {dropped}")
+    print(f"img2dataset downloaded {i2d_ok:,}/{n:,}")
+    for engine, (_, report) in ours.items():
+        kept, dropped = report["totals"]["kept"], report["by_reason"]
+        print(f"neo curate, engine {engine}: kept {kept:,}, dropped {dropped}")
+    same = ours["neo"][1]["totals"] == ours["img2dataset"][1]["totals"]
+    print(f"both engines give the same totals: {same}")
     print(f"filters on one core (decode, sizes, phash, caption, language): "
           f"{per_core['filter_per_s']:,.0f} samples/s")  # fmt: skip
     print(f"dedup decisions (exact + near, multi-index): {per_core['dedup_per_s']:,.0f} "
           f"samples/s ({per_core['dups']:,} duplicates)")  # fmt: skip
-    print(
-        f"peak RSS: curation worker {report['timing']['max_worker_rss_mib']:.0f} MiB, "
-        f"single-core filter loop {per_core['rss']:.0f} MiB (incl. the corpus in memory)"
-    )
+    print(f"peak RSS of the single-core filter loop: {per_core['rss']:.0f} MiB "
+          "(incl. the corpus in memory)")  # fmt: skip
+
+
+def restart_ray_workers(num_cpus: int) -> None:
+    """A fresh local Ray: the next run's workers start bare, as on a new cluster."""
+    import ray
+
+    from neo_data.ray_env import init_ray
+
+    ray.shutdown()
+    init_ray(num_cpus=num_cpus)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ one source file)::
                 duplicates -> rejected/<unit>-dedup.parquet, then _work/final/<unit>.json
     4. report   report.json (written last: the commit point) and a printed table
 
+Downloads: ``curate.download.engine`` picks the function behind each request: ``neo`` (default:
+img2dataset's user agent and opt-out rule with a byte cap and a deadline) or ``img2dataset``
+(its own ``download_image``, imported in the task only then); ``neo_data/curate_fetch.py`` and
+``DownloadSpec`` say why ``neo`` is the default and how img2dataset's errors map to reasons.
+
 Why img2dataset's downloader inside our own Ray tasks rather than its Ray distributor: the
 distributor first rewrites the whole input into feather shards in one process, numbers rows by
 its own shard keys (lineage to the source row is lost), takes one set of options per run (our
@@ -52,6 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from neo_data.curate_fetch import img2dataset_downloader
 from neo_data.curate_io import plan_source_files, read_rows
 from neo_data.curate_rows import RowContext, process_row, sample_id
 from neo_data.curate_spec import CurateSpec
@@ -128,11 +134,18 @@ _SPEED_ONLY = ("processes", "threads")
 
 
 def spec_hash(spec: CurateSpec) -> str:
-    """sha256 of the ``curate:`` section, without the speed-only settings."""
+    """sha256 of the ``curate:`` section, without the speed-only settings.
+
+    The download engine enters as each source's effective engine, and only when one is not
+    ``neo``: outputs written before ``engine`` existed keep their hash (a rerun still resumes
+    or skips them), and another engine is another curation (reasons and lineage differ)."""
     canon = spec.model_dump(mode="json")
     for download in [canon["download"], *(s["download"] for s in canon["sources"])]:
-        for key in _SPEED_ONLY:
+        for key in (*_SPEED_ONLY, "engine"):
             (download or {}).pop(key, None)
+    engines = [spec.source_download(s).engine for s in spec.sources]
+    if set(engines) != {"neo"}:
+        canon["source_engines"] = engines
     return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
 
 
@@ -194,6 +207,8 @@ def curate_unit(spec_json: str, unit: Unit, output: str) -> dict[str, Any]:
     rows = read_rows(unit.file, unit.format, unit.start, unit.stop)
     if len(rows) != unit.stop - unit.start:
         raise RuntimeError(f"{unit.file}: expected {unit.stop - unit.start} rows, read {len(rows)}")
+    if ctx.download.engine == "img2dataset" and source.kind != "text":
+        img2dataset_downloader()  # its import (seconds) once here, not in every row's fetch time
 
     def one(i: int):
         return process_row(ctx, rows[i], unit.first_row + i, unit.start + i)

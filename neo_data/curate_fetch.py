@@ -1,4 +1,5 @@
-"""Downloading one image the way img2dataset does, plus the two limits it lacks.
+"""Downloading one image the way img2dataset does, plus the two limits it lacks (engine
+``neo``, the default), or with img2dataset's own downloader (engine ``img2dataset``).
 
 img2dataset 1.47's ``download_image`` is ``urllib.request.urlopen(...).read()``: the timeout
 bounds each socket operation only (a server dripping one byte a second never times out) and the
@@ -8,28 +9,52 @@ X-Robots-Tag opt-out rule, retries -- and adds a byte cap (``Content-Length`` ch
 reading, the stream cut past ``max_bytes``) and a deadline per attempt. Only transient failures
 are retried (timeouts, connection errors, 5xx, truncated bodies); a 404 or an opt-out is final.
 
-Why not import img2dataset's functions in the workers: ``import img2dataset`` pulls in
+Why engine ``neo`` does not import img2dataset's functions: ``import img2dataset`` pulls in
 albumentations and OpenCV (measured: 8.8 s and +310 MiB RSS per process, and a PyPI update
 check), for two small functions. :func:`is_disallowed` reproduces its opt-out rule and
 ``tests/neo_data/test_curate_fetch.py`` checks it against img2dataset's own on every case.
 
 Download reasons (stable): ``invalid_url``, ``http_client_error`` (4xx), ``http_server_error``
 (5xx), ``too_many_redirects``, ``connection_error``, ``timeout``, ``truncated``, ``too_large``,
-``not_an_image`` (a ``text/*`` body such as an HTML page), ``opted_out``.
+``not_an_image`` (a ``text/*`` body such as an HTML page), ``opted_out``, ``download_error``
+(engine img2dataset only: a message none of the rules below recognises).
+
+Engine ``img2dataset`` (``download.engine``): each attempt is img2dataset's own
+``downloader.download_image`` (imported lazily, in the worker, only for this engine); the URL
+check before it, the retry policy (transient failures only: img2dataset's
+``download_image_with_retry`` would also re-request a 404 or an opted-out image) and everything
+after it are the same as for ``neo``. It returns ``(key, stream, error message)``, so its
+failures are mapped from the message (:func:`img2dataset_reason`):
+
+* ``HTTP Error <code>: ...`` -> ``http_client_error`` / ``http_server_error`` (the code is
+  kept as ``http_status``), a 30x -> ``too_many_redirects``;
+* ``timed out`` (connect or any read) -> ``timeout``; ``IncompleteRead(...)`` -> ``truncated``;
+* ``<urlopen error ...>``, refused/reset/closed connections -> ``connection_error``;
+* its X-Robots-Tag message -> ``opted_out``; any other message -> ``download_error``.
+
+What cannot be distinguished with it: ``not_an_image`` (no Content-Type is returned: a text or
+HTML page is downloaded and fails later as the filter's ``image_decode_error``); a slow body
+(no deadline: a drip-fed body is read until the server stops); ``too_large`` is decided after
+the whole body is in memory; ``http_status``, ``content_type`` and ``final_url`` of successful
+downloads are not recorded (``None`` in the lineage).
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
+import os
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from email.message import Message
+from types import ModuleType
 from urllib.parse import urlsplit
 
-from neo_data.curate_spec import DownloadSpec
+from neo_data.curate_spec import DownloadEngine, DownloadSpec
 
 TRANSIENT = frozenset({"timeout", "connection_error", "http_server_error", "truncated"})
 CHUNK = 1 << 16
@@ -39,6 +64,7 @@ _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 @dataclass
 class Fetched:
     url: str
+    engine: DownloadEngine = "neo"
     data: bytes | None = None  # None when the download failed
     reason: str | None = None  # a download reason above; None on success
     detail: str = ""
@@ -53,6 +79,7 @@ class Fetched:
         """What the sample's ``meta.download`` records."""
         return {
             "status": "ok" if self.reason is None else self.reason,
+            "engine": self.engine,
             "http_status": self.http_status,
             "content_type": self.content_type,
             "final_url": self.final_url if self.final_url != self.url else None,
@@ -89,16 +116,17 @@ def user_agent(spec: DownloadSpec) -> str:
 
 def fetch(url: str, spec: DownloadSpec) -> Fetched:
     """Download ``url`` with retries on transient failures; never raises for network errors."""
-    out = Fetched(url)
+    out = Fetched(url, engine=spec.engine)
     t0 = time.perf_counter()
     scheme = urlsplit(url).scheme.lower() if url else ""
-    if scheme not in ("http", "https"):
+    if scheme not in ("http", "https"):  # also keeps urllib (both engines) off file:// and ftp://
         out.reason, out.detail = "invalid_url", f"not an http(s) URL: {url[:200]!r}"
         return out
+    attempt_once = _attempt_img2dataset if spec.engine == "img2dataset" else _attempt
     for attempt in range(spec.retries + 1):
         out.attempts = attempt + 1
         try:
-            _attempt(url, spec, out)
+            attempt_once(url, spec, out)
             out.reason, out.detail = None, ""
             break
         except _Failure as f:
@@ -114,9 +142,14 @@ def fetch(url: str, spec: DownloadSpec) -> Fetched:
     return out
 
 
-def _attempt(url: str, spec: DownloadSpec, out: Fetched) -> None:
-    directives = {d.strip().lower() for d in spec.disallowed_header_directives}
+def _opt_out_rule(spec: DownloadSpec) -> tuple[str | None, set[str]]:
+    """(user agent token, directives), normalised as img2dataset's ``Downloader`` does."""
     token = spec.user_agent_token.strip().lower() if spec.user_agent_token else None
+    return token, {d.strip().lower() for d in spec.disallowed_header_directives}
+
+
+def _attempt(url: str, spec: DownloadSpec, out: Fetched) -> None:
+    token, directives = _opt_out_rule(spec)
     request = urllib.request.Request(url, headers={"User-Agent": user_agent(spec)})
     deadline = time.monotonic() + spec.deadline_s
     try:
@@ -175,3 +208,72 @@ def _read_capped(r: http.client.HTTPResponse, max_bytes: int, deadline: float) -
     if length and length.isdigit() and len(data) < int(length):
         raise _Failure("truncated", f"{len(data)} of {length} bytes")
     return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine img2dataset
+# ---------------------------------------------------------------------------------------------
+
+_I2D_HTTP = re.compile(r"^HTTP Error (\d{3}): ")
+_I2D_OPTED_OUT = "Use of image disallowed by X-Robots-Tag directive"
+_I2D_CONNECTION = (
+    "<urlopen error",
+    "Connection refused",
+    "Connection reset",
+    "Connection aborted",
+    "Remote end closed connection",
+    "Broken pipe",
+)
+
+
+@functools.cache
+def img2dataset_downloader() -> ModuleType:
+    """``img2dataset.downloader``, imported once per process and only when the engine is chosen
+    (the package import pulls in OpenCV and albumentations: seconds and ~310 MiB)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else a PyPI check at every import
+    try:
+        import img2dataset.downloader as downloader
+    except ImportError as e:
+        raise RuntimeError(
+            f"curate.download.engine img2dataset needs the img2dataset package ({e}); "
+            "install it or use engine: neo"
+        ) from e
+    return downloader
+
+
+def img2dataset_reason(message: str) -> tuple[str, int | None]:
+    """(download reason, HTTP status or None) for an error message of img2dataset's
+    ``download_image`` (``str()`` of the exception it caught, or its opt-out message)."""
+    if message == _I2D_OPTED_OUT:
+        return "opted_out", None
+    if m := _I2D_HTTP.match(message):
+        code = int(m.group(1))
+        if code in _REDIRECT_CODES:  # urllib's loop / too-many-hops errors keep the 30x code
+            return "too_many_redirects", code
+        return ("http_server_error" if code >= 500 else "http_client_error"), code
+    if "timed out" in message:  # TimeoutError, "<urlopen error timed out>", SSL read timeouts
+        return "timeout", None
+    if message.startswith("IncompleteRead("):
+        return "truncated", None
+    if any(s in message for s in _I2D_CONNECTION):
+        return "connection_error", None
+    return "download_error", None
+
+
+def _attempt_img2dataset(url: str, spec: DownloadSpec, out: Fetched) -> None:
+    """One attempt through img2dataset's ``download_image``; the byte cap after the fact."""
+    token, directives = _opt_out_rule(spec)
+    download_image = img2dataset_downloader().download_image
+    _, stream, err = download_image((0, url), spec.timeout_s, token, directives or None)
+    if stream is None:
+        message = err or "img2dataset returned neither an image nor an error"
+        reason, status = img2dataset_reason(message)
+        raise _Failure(reason, f"img2dataset: {message}"[:200], status)
+    data = stream.getvalue()
+    if len(data) > spec.max_bytes:
+        raise _Failure(
+            "too_large",
+            f"body of {len(data)} bytes > max_bytes {spec.max_bytes} (engine img2dataset "
+            "reads the whole body before the cap can be checked)",
+        )
+    out.data, out.http_status = data, None  # a success's status is not reported to us

@@ -4,6 +4,7 @@ with `ray job submit`."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,11 +80,19 @@ class RayCluster:
             time.sleep(2)
 
     def submit(
-        self, entrypoint: list[str], timeout: float = 600, env: dict | None = None
+        self,
+        entrypoint: list[str],
+        timeout: float = 600,
+        env: dict | None = None,
+        job_env_vars: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
-        """``ray job submit --working-dir <repo> -- <entrypoint>``; waits for the job to end."""
+        """``ray job submit --working-dir <repo> -- <entrypoint>``; waits for the job to end.
+        ``job_env_vars`` reach the job's driver and workers through its runtime environment."""
+        runtime_env = (
+            ["--runtime-env-json", json.dumps({"env_vars": job_env_vars})] if job_env_vars else []
+        )
         cmd = [str(BIN / "ray"), "job", "submit", "--address", self.url,
-               "--working-dir", str(REPO), "--", *entrypoint]  # fmt: skip
+               "--working-dir", str(REPO), *runtime_env, "--", *entrypoint]  # fmt: skip
         deadline = time.time() + 120
         while True:
             run = subprocess.run(

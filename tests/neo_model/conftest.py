@@ -38,39 +38,3 @@ def qwen3_dir(request, tmp_path_factory) -> tuple[Path, Qwen3ForCausalLM]:
     path = tmp_path_factory.mktemp(f"qwen3-{request.param_index}")
     model.save_pretrained(path)
     return path, model
-
-
-TINY_MANIFEST = """
-name: tiny
-stage: {stage}
-data:
-  curated: [{curated}]
-  packed: {packed}
-pack:
-  seq_len: 384
-  max_image_tokens: 64
-  min_pixels: 1024
-  max_pixels: 4096
-  buckets: [{{name: all, max_image_tokens: 4}}]
-  text_ratio: 0.25
-  packs_per_shard: 4
-"""
-
-
-@pytest.fixture(scope="session")
-def tiny_packed(ray_local, tmp_path_factory) -> str:
-    """A small real packed dataset (demo captions, conversations and texts; 384-token packs,
-    images of at most 64x64 pixels) for training tests."""
-    from neo_data.demo import write_demo_dataset
-    from neo_data.manifest import parse_manifest
-    from neo_data.pack_job import run_pack
-
-    root = tmp_path_factory.mktemp("tiny-train-data")
-    write_demo_dataset(str(root / "curated"), captions=48, conversations=16, texts=24, seed=5)
-    manifest = parse_manifest(
-        TINY_MANIFEST.format(stage="pretrain", curated=root / "curated", packed=root / "packed"),
-        "tiny.yaml",
-    )
-    result = run_pack(manifest)
-    assert result.index["totals"]["packs"] >= 8
-    return result.output

@@ -9,8 +9,11 @@ an image). ``<img>`` / ``</img>`` are ordinary causal tokens. Padding is a sampl
 * ``"flex"``: FlexAttention with a :class:`BlockMask` from ``create_block_mask`` (CUDA training;
   128-token blocks, the sequence padded to a multiple of 128 here).
 * ``"sdpa"``: ``scaled_dot_product_attention`` with the dense boolean mask that ``create_mask``
-  builds from the same ``mask_mod`` (CPU, reference, generation). FlexAttention has no backward
+  builds from the same ``mask_mod`` (reference, generation). FlexAttention has no backward
   pass on CPU in torch 2.13.
+* ``"sdpa_segments"``: the same mask applied one packed sample at a time (CPU training and
+  prefill): samples never see each other, so a row of ``n_i``-token samples costs
+  ``sum n_i^2`` instead of ``L^2`` -- 10-30x less for typical packs -- with identical results.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch.nn.attention.flex_attention import (
     flex_attention,
 )
 
-Backend = Literal["sdpa", "flex"]
+Backend = Literal["sdpa", "sdpa_segments", "flex"]
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 FLEX_BLOCK = 128
 PAD_SAMPLE = -1  # sample id of padding (never equal to a real sample id, which are >= 0)
@@ -83,7 +86,37 @@ class DenseMask:
     mask: torch.Tensor
 
 
-AttentionMask = DenseMask | BlockMask
+@dataclass(frozen=True)
+class SegmentMask:
+    """NEO's mask as one dense block per packed sample: ``segments[b]`` lists ``(start, end,
+    mask [1, 1, n, n] or None)`` covering row ``b`` (None: plain causal, a text-only sample)."""
+
+    segments: list[list[tuple[int, int, torch.Tensor | None]]]
+
+
+AttentionMask = DenseMask | SegmentMask | BlockMask
+
+
+def segment_mask(sample_ids: torch.Tensor, image_ordinal: torch.Tensor) -> SegmentMask:
+    """Split ``[B, L]`` rows into their samples (runs of equal ``sample_ids``; padding is a run of
+    its own) with each sample's mask: causal, or the same image (bidirectional)."""
+    rows = []
+    for ids, ordinal in zip(sample_ids, image_ordinal, strict=True):
+        change = torch.nonzero(ids[1:] != ids[:-1]).flatten() + 1
+        bounds = [0, *change.tolist(), ids.shape[0]]
+        row = []
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            o = ordinal[start:end]
+            if bool((o >= 0).any()):
+                idx = torch.arange(end - start, device=ids.device)
+                mask = (idx[:, None] >= idx[None, :]) | (
+                    (o[:, None] == o[None, :]) & (o[:, None] >= 0)
+                )
+                row.append((start, end, mask[None, None]))
+            else:
+                row.append((start, end, None))
+        rows.append(row)
+    return SegmentMask(rows)
 
 
 def build_mask(
@@ -99,7 +132,9 @@ def build_mask(
     is a sample of its own.
     """
     batch, length = sample_ids.shape
-    if backend == "sdpa":
+    if backend == "sdpa_segments" and not q_offset:
+        return segment_mask(sample_ids, image_ordinal)
+    if backend in ("sdpa", "sdpa_segments"):
         mask_mod = neo_mask_mod(sample_ids, image_ordinal)
         if q_offset:
             mask_mod = _shift_queries(mask_mod, q_offset)
@@ -121,7 +156,7 @@ def build_mask(
             device=sample_ids.device,
             BLOCK_SIZE=FLEX_BLOCK,
         )
-    raise ValueError(f"attention backend {backend!r}: expected 'sdpa' or 'flex'")
+    raise ValueError(f"attention backend {backend!r}: expected 'sdpa', 'sdpa_segments' or 'flex'")
 
 
 def _shift_queries(mask_mod: MaskMod, q_offset: int) -> MaskMod:
@@ -154,6 +189,24 @@ def attend(
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask.mask, scale=scale, enable_gqa=True
         )
+    if isinstance(mask, SegmentMask):
+        rows = []
+        for b, segments in enumerate(mask.segments):
+            q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
+            parts = [
+                F.scaled_dot_product_attention(
+                    q[:, :, s:e],
+                    k[:, :, s:e],
+                    v[:, :, s:e],
+                    attn_mask=m,
+                    is_causal=m is None,
+                    scale=scale,
+                    enable_gqa=True,
+                )  # fmt: skip
+                for s, e, m in segments
+            ]
+            rows.append(torch.cat(parts, dim=2))
+        return torch.cat(rows)
     length = query.shape[2]
     padded = mask.seq_lengths[0]
     pad = (0, 0, 0, padded - length)

@@ -472,7 +472,8 @@ class NeoChatModel(nn.Module):
             loss_weighting: ``"token"`` (every supervised token counts once) or
                 ``"sample_sqrt"`` (each sample's tokens weighted 1/sqrt(its supervised count),
                 as the released training code does); the loss is the weighted mean.
-            backend: ``"sdpa"`` or ``"flex"``; default flex on CUDA, sdpa elsewhere.
+            backend: ``"sdpa"``, ``"sdpa_segments"`` or ``"flex"``; default flex on CUDA,
+                sdpa_segments elsewhere (sdpa with a KV cache past the prompt).
             cache: a :class:`KVCache` to extend (generation); positions continue after it.
             logits_at: ``[B, L]`` bool: compute logits only there, returned as ``[N, vocab]``
                 in row-major order (training: only supervised positions need the vocabulary
@@ -487,7 +488,9 @@ class NeoChatModel(nn.Module):
                 sample_ids = torch.zeros_like(input_ids, dtype=torch.long)
         sample_ids = sample_ids.to(input_ids.device)
         if backend is None:
-            backend = "flex" if input_ids.device.type == "cuda" and cache is None else "sdpa"
+            backend = (
+                "flex" if input_ids.device.type == "cuda" and cache is None else "sdpa_segments"
+            )
 
         inputs_embeds = self.embed(input_ids, pixel_values)
         rope = NativeRope.build(self.config, t_index, h_index, w_index)

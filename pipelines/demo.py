@@ -1,71 +1,233 @@
-"""The main job on the embedded default: make the demo set, pack it, print the summary.
+"""The main job on the embedded default: curate -> recaption -> pack -> train stages 1, 2, 3 ->
+ask the trained model about an image it never saw.
 
-    neo demo [--out runs/demo] [--captions N --conversations N --texts N]
+    neo demo [--out runs/demo] [--captions N --recaption N --conversations N --texts N]
 
-Local Ray on 127.0.0.1, local files, the bundled generator's images and conversations.
+Local Ray on 127.0.0.1, local files, the bundled generator's images served by a loopback HTTP
+server, a tiny random Qwen3 as the stage-1 starting point (no model hub here) and the debug NEO
+size, so that the chain runs on a laptop CPU. The manifests are manifests/demo.yaml (stage 1,
+curation, recaption) and demo-midtrain.yaml / demo-sft.yaml; every path in them under runs/demo
+moves to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from neo_data.demo import write_demo_dataset
-from neo_data.manifest import load_manifest
-from neo_data.pack_job import format_summary, run_pack, verify_counts
-from neo_data.ray_env import init_ray
+from neo_data.manifest import Manifest, load_manifest
 
-DEMO_MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "demo.yaml"
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+STAGE_MANIFESTS = ("demo.yaml", "demo-midtrain.yaml", "demo-sft.yaml")
+DEFAULT_ROOT = "runs/demo"
+MARKER = ".neo-demo"  # a directory `neo demo` made (and may replace on the next run)
+
+
+class Steps:
+    """Runs the steps, prints progress and keeps the summary rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float, str]] = []
+
+    def run(self, name: str, fn: Callable[[], Any], describe: Callable[[Any], str]) -> Any:
+        print(f"\n==> {name}", flush=True)
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+        self.rows.append((name, seconds, describe(result)))
+        print(f"<== {name}: {describe(result)} ({seconds:.1f} s)", flush=True)
+        return result
+
+    def summary(self) -> str:
+        lines = [f"  {'step':<16}{'seconds':>9}  result"]
+        lines += [f"  {n:<16}{s:>9.1f}  {what}" for n, s, what in self.rows]
+        total = sum(s for _, s, _ in self.rows)
+        lines.append(f"  {'total':<16}{total:>9.1f}")
+        return "\n".join(lines)
+
+
+def relocate(manifest: Manifest, root: str) -> Manifest:
+    """The manifest with every path under ``runs/demo`` moved under ``root``."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and (
+            value == DEFAULT_ROOT or value.startswith(DEFAULT_ROOT + "/")
+        ):
+            return root + value[len(DEFAULT_ROOT) :]
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    return Manifest.model_validate(move(manifest.model_dump(mode="json")))
+
+
+def prepare_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise SystemExit(f"{out} exists and was not made by `neo demo`; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `neo demo`; the next run replaces this directory\n")
+
+
+def make_models(out: Path, pack) -> str:
+    """A tiny random Qwen3 (the stage-1 start) and a random debug NEO (the demo captioner)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from neo_model.config import debug
+    from neo_model.model import NeoChatModel
+    from neo_model.weights import save_pretrained
+
+    torch.manual_seed(0)
+    qwen = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        )
+    )  # fmt: skip
+    qwen.save_pretrained(out / "models" / "qwen3-tiny")
+    captioner = NeoChatModel(
+        debug().replace(min_pixels=pack.min_pixels, max_pixels=pack.max_pixels)
+    )
+    save_pretrained(captioner, out / "models" / "captioner")
+    return "tiny random Qwen3 (2 layers, hidden 64); random debug NEO captioner"
+
+
+def answer_held_out(
+    export: str, pack, seed: int, counts: dict[str, int]
+) -> list[tuple[str, str, str]]:
+    """Ask the final model about held-out scenes: (question, answer, truth) rows."""
+    import io
+    import random
+
+    from PIL import Image
+
+    from neo_data.demo import caption_for, held_out_scenes, qa_for, render_scene
+    from neo_data.tokens import load_tokenizer
+    from neo_model.generate import Prompt, SamplingParams, generate
+    from neo_model.prompting import build_prompt, load_checkpoint
+
+    model, _ = load_checkpoint(export, "cpu")
+    tok = load_tokenizer(pack.tokenizer)
+    rows = []
+    for scene in held_out_scenes(seed, 2, **counts):
+        image = Image.open(io.BytesIO(render_scene(scene, (256, 256), "png"))).convert("RGB")
+        question, truth = qa_for(scene, random.Random(seed))[0]
+        for q, t in (("Describe the image.", caption_for(scene)), (question, truth)):
+            ids, _, pixels = build_prompt(
+                tok, [("user", f"<image>\n{q}")], [image], pack.min_pixels, pack.max_pixels
+            )
+            out = generate(model, [Prompt(ids, pixels)], SamplingParams(max_new_tokens=24))[0]
+            rows.append((q, tok.decode(out).strip(), t))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="neo demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/demo", help="run directory (local path or s3://)")
-    ap.add_argument("--manifest", default=str(DEMO_MANIFEST))
+    ap.add_argument("--out", default=DEFAULT_ROOT, help="run directory (replaced on each run)")
     ap.add_argument("--captions", type=int, default=600)
+    ap.add_argument("--recaption", type=int, default=32, help="caption rows that get recaptioned")
     ap.add_argument("--conversations", type=int, default=300)
     ap.add_argument("--texts", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="steps of every stage (default: the manifests')",
+    )
     args = ap.parse_args(argv)
-    out = args.out.rstrip("/")
-    manifest = load_manifest(
-        args.manifest,
-        overrides={
-            "data.curated": [f"{out}/curated"],
-            "data.packed": f"{out}/packed",
-            "pack.seed": args.seed,
-        },
-    )
-    steps: list[tuple[str, float, str]] = []
 
-    t0 = time.perf_counter()
-    files = write_demo_dataset(
-        f"{out}/curated",
-        captions=args.captions,
-        conversations=args.conversations,
-        texts=args.texts,
-        seed=args.seed,
-    )
-    steps.append(("demo data", time.perf_counter() - t0, f"{len(files)} files in {out}/curated"))
+    from neo_data.curate import format_report, run_curate
+    from neo_data.demo_web import serve_directory, write_web_sources
+    from neo_data.pack_job import format_summary, run_pack, verify_counts
+    from neo_data.ray_env import init_ray
+    from neo_data.recaption import run_recaption
+    from neo_model.ray_train import run_stage
 
+    out = Path(args.out)
+    prepare_out(out)
+    root = str(out).rstrip("/")
+    steps_override = {"train.steps": args.train_steps} if args.train_steps else None
+    stages = [
+        relocate(load_manifest(MANIFESTS / name, steps_override), root) for name in STAGE_MANIFESTS
+    ]
+    first = stages[0]
+    pack = first.resolved_pack()
+    steps = Steps()
     init_ray()
-    t0 = time.perf_counter()
-    result = run_pack(manifest)
-    verify_counts(result.index)
-    note = "already complete" if result.skipped else f"{result.index['totals']['packs']} packs"
-    steps.append(("pack", time.perf_counter() - t0, f"{note} in {out}/packed"))
-
-    print()
-    print(format_summary(result.index))
-    print("\nsteps")
-    for name, secs, what in steps:
-        print(f"  {name:<12}{secs:>8.1f} s  {what}")
+    steps.run("models", lambda: make_models(out, pack), lambda what: what)
+    with serve_directory(out / "web") as base_url:
+        steps.run(
+            "demo data",
+            lambda: write_web_sources(
+                out / "web",
+                base_url,
+                captions=args.captions,
+                recaption=args.recaption,
+                conversations=args.conversations,
+                texts=args.texts,
+                seed=args.seed,
+            ),  # fmt: skip
+            lambda paths: f"{len(paths)} source tables, images served at {base_url}",
+        )
+        curated = steps.run(
+            "curate",
+            lambda: run_curate(first),
+            lambda r: f"{r.report['totals']['kept']} kept of {r.report['totals']['rows_in']} rows",
+        )
+        print(format_report(curated.report))
+    steps.run(
+        "recaption",
+        lambda: run_recaption(first),
+        lambda r: (
+            f"{r.report['totals']['recaptioned']} of {r.report['totals']['rows']} rows "
+            f"recaptioned, failed {sum(r.report['totals']['failed'].values())}"
+        ),
+    )
+    export = None
+    for manifest in stages:
+        packed = steps.run(f"pack {manifest.stage}", lambda m=manifest: run_pack(m), _packs)
+        verify_counts(packed.index)
+        print(format_summary(packed.index))
+        trained = steps.run(f"train {manifest.stage}", lambda m=manifest: run_stage(m), _trained)
+        export = trained.export
+    counts = {"captions": args.captions + args.recaption, "conversations": args.conversations,
+              "texts": args.texts}  # fmt: skip
+    answers = steps.run(
+        "answer",
+        lambda: answer_held_out(export, pack, args.seed, counts),
+        lambda rows: f"{len(rows)} questions about 2 held-out images",
+    )
+    print("\nthe trained model on images it never saw (debug size, minutes of CPU training):")
+    for q, a, t in answers:
+        print(f"  Q: {q}\n  A: {a}\n  truth: {t}\n")
+    print("steps")
+    print(steps.summary())
     print(
-        f"\nbrowse it:  neo shards stats {out}/packed   |   neo shards show {out}/packed --pack 0"
+        f"\nnext:  neo shards serve {root}/packed/pretrain   |   "
+        f'neo chat --checkpoint {export} --image FILE "What is in the picture?"'
     )
     return 0
+
+
+def _packs(result) -> str:
+    t = result.index["totals"]
+    return f"{t['packs']} packs, {t['samples']} samples, fill {t['fill']:.3f}"
+
+
+def _trained(result) -> str:
+    m = result.metrics
+    return f"{m.get('step')} steps, loss {m.get('loss', float('nan')):.3f}, export {result.export}"
 
 
 if __name__ == "__main__":

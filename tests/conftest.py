@@ -125,3 +125,21 @@ def tiny_packed(ray_local, tmp_path_factory) -> str:
     result = run_pack(manifest)
     assert result.index["totals"]["packs"] >= 8
     return result.output
+
+
+@pytest.fixture(scope="session")
+def demo_packed(ray_local, tmp_path_factory) -> str:
+    """The bundled demo set, curated (``<root>/curated``) and packed with manifests/demo.yaml's
+    pack settings (``<root>/packed``): a real dataset to browse. Yields ``<root>``."""
+    from neo_data.demo import write_demo_dataset
+    from neo_data.manifest import load_manifest
+    from neo_data.pack_job import run_pack
+
+    root = tmp_path_factory.mktemp("shards-demo")
+    write_demo_dataset(str(root / "curated"), captions=24, conversations=12, texts=30, seed=0)
+    manifest = load_manifest(
+        Path(__file__).parents[1] / "manifests" / "demo.yaml",
+        {"data.curated": [str(root / "curated")], "data.packed": str(root / "packed")},
+    )
+    run_pack(manifest)
+    return str(root)

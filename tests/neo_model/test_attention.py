@@ -107,3 +107,24 @@ def test_decode_mask_continues_the_prefill_mask(pack):
     tail = build_mask(sample_ids, pack["image_ordinal"], "sdpa", q_offset=n - 5)
     assert isinstance(tail, DenseMask)
     assert torch.equal(tail.mask, full.mask[:, :, n - 5 :])
+
+
+def test_per_sample_attention_equals_the_dense_mask_forward_and_backward(pack):
+    """``sdpa_segments`` (one dense block per packed sample, the CPU training path) gives the
+    dense-mask result and gradients, padding included."""
+    torch.manual_seed(0)
+    n = pack["input_ids"].shape[1] + 5  # 5 padding tokens: a sample of their own
+    ordinal = torch.nn.functional.pad(pack["image_ordinal"], (0, 5), value=-1)
+    sample_ids = sample_ids_from_cu_seqlens(pack["cu_seqlens"], n)[None]
+    inputs = [torch.randn(1, h, n, d, requires_grad=True) for h, d in ((4, 64), (2, 64), (2, 32))]
+    grads, outs = {}, {}
+    for backend in ("sdpa", "sdpa_segments"):
+        out = attend(*inputs, build_mask(sample_ids, ordinal, backend), 0.125)
+        outs[backend] = out
+        grads[backend] = torch.autograd.grad(out.square().sum(), inputs)
+    assert len(build_mask(sample_ids, ordinal, "sdpa_segments").segments[0]) == len(
+        pack["cu_seqlens"]
+    )  # every sample, plus the padding
+    torch.testing.assert_close(outs["sdpa_segments"], outs["sdpa"])
+    for a, b in zip(grads["sdpa_segments"], grads["sdpa"], strict=True):
+        torch.testing.assert_close(a, b)

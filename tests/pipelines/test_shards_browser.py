@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from neo_data.schema import INDEX_NAME
 from neo_data.shards import PackedDataset
-from pipelines import cli
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,13 +41,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def demo(ray_local, tmp_path_factory) -> str:
-    """``neo demo`` output (curated + packed), shared by the shard-browser test modules."""
-    root = tmp_path_factory.getbasetemp() / "shards-demo"
-    if not (root / "packed" / INDEX_NAME).exists():
-        args = ["--captions", "24", "--conversations", "12", "--texts", "30"]
-        assert cli.main(["demo", "--out", str(root), *args]) == 0
-    return str(root)
+def demo(demo_packed) -> str:
+    """The demo set, curated and packed (``<root>/curated``, ``<root>/packed``)."""
+    return demo_packed
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from neo_data.schema import INDEX_NAME
 from neo_data.shards import PackedDataset
 from pipelines import cli
 
@@ -19,13 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo(ray_local, tmp_path_factory) -> str:
-    """``neo demo`` output (curated + packed), shared by the shard-browser test modules."""
-    root = tmp_path_factory.getbasetemp() / "shards-demo"
-    if not (root / "packed" / INDEX_NAME).exists():
-        args = ["--captions", "24", "--conversations", "12", "--texts", "30"]
-        assert cli.main(["demo", "--out", str(root), *args]) == 0
-    return str(root)
+def demo(demo_packed) -> str:
+    """The demo set, curated and packed (``<root>/curated``, ``<root>/packed``)."""
+    return demo_packed
 
 
 def neo(capsys, *argv: str) -> tuple[int, str, str]:

@@ -80,7 +80,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -88,6 +87,7 @@ from neo_data.positions import thw_indices  # noqa: E402
 from neo_data.tokens import load_tokenizer, render_text, render_turns, user_content  # noqa: E402
 from neo_model import config as neo_config  # noqa: E402
 from neo_model.attention import FLEX_BLOCK, attend, build_mask  # noqa: E402
+from neo_model.flops import FlopCount  # noqa: E402
 from neo_model.generate import Prompt, SamplingParams, generate  # noqa: E402
 from neo_model.model import NeoChatModel, normalize_image  # noqa: E402
 
@@ -301,31 +301,14 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-@dataclass(frozen=True)
-class FlopCount:
-    dense: int  # N: decoder linear weights + lm_head
-    patch: int  # P: patch-embedding weight uses per image token
-    attn: int  # n_layers * n_heads * (d_qk + d_v)
-
-    @classmethod
-    def of(cls, model: NeoChatModel) -> FlopCount:
-        cfg = model.config
-        decoder = model.language_model.model.layers
-        dense = sum(m.weight.numel() for m in decoder.modules() if isinstance(m, nn.Linear))
-        dense += model.language_model.lm_head.weight.numel()
-        emb = model.vision_model.embeddings
-        patch = emb.patch_embedding.weight.numel() * cfg.downsample**2
-        patch += emb.dense_embedding.weight.numel()
-        attn = cfg.num_layers * cfg.num_attention_heads * (2 * cfg.head_dim + cfg.head_dim)
-        return cls(dense, patch, attn)
-
-    def train(self, pack: Pack, mask: str) -> int:
-        """Model FLOPs of one forward + backward (see the module docstring)."""
-        return (
-            6 * self.dense * pack.length
-            + 6 * self.patch * pack.image_tokens
-            + 6 * self.attn * pack.pairs(mask)
-        )
+def train_flops(flops: FlopCount, pack: Pack, mask: str) -> int:
+    """Model FLOPs of one forward + backward over ``pack`` under ``mask`` (module docstring;
+    the counts are ``neo_model.flops``, the trainer's)."""
+    return (
+        6 * flops.dense * pack.length
+        + 6 * flops.patch * pack.image_tokens
+        + 6 * flops.attn * pack.pairs(mask)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +319,7 @@ class FlopCount:
 def bench_train(model, pack: Pack, args, device) -> list[tuple]:
     """Rows ``(name, seconds, peak GiB, causal FLOPs, mask-aware FLOPs)``; the first is the baseline."""
     model.train()
-    flops = FlopCount.of(model)
+    flops = FlopCount.of(model, model.config)
     causal_cols = dict(
         pack.columns, image_ordinal=torch.full_like(pack.columns["image_ordinal"], -1)
     )
@@ -372,7 +355,15 @@ def bench_train(model, pack: Pack, args, device) -> list[tuple]:
             model.zero_grad(set_to_none=True)
             continue
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        rows.append((name, seconds, peak, flops.train(pack, "causal"), flops.train(pack, mask)))
+        rows.append(
+            (
+                name,
+                seconds,
+                peak,
+                train_flops(flops, pack, "causal"),
+                train_flops(flops, pack, mask),
+            )
+        )
     model.zero_grad(set_to_none=True)
     return rows
 
@@ -524,7 +515,7 @@ def fmt(x: float | None, spec: str, width: int) -> str:
 
 def report_train(model, pack: Pack, args, device, checkpointing: bool) -> None:
     cuda = device.type == "cuda"
-    flops = FlopCount.of(model)
+    flops = FlopCount.of(model, model.config)
     kernel = (
         "FlexAttention (compiled, block mask)"
         if cuda
@@ -543,7 +534,7 @@ def report_train(model, pack: Pack, args, device, checkpointing: bool) -> None:
         f"    per step: 6NT {6 * flops.dense * pack.length / tera:.3g} TFLOP, attention "
         f"{6 * flops.attn * pack.pairs('causal') / tera:.3g} (causal) / "
         f"{6 * flops.attn * pack.pairs('neo') / tera:.3g} (mask-aware) TFLOP; total "
-        f"{flops.train(pack, 'causal') / tera:.3g} / {flops.train(pack, 'neo') / tera:.3g} TFLOP"
+        f"{train_flops(flops, pack, 'causal') / tera:.3g} / {train_flops(flops, pack, 'neo') / tera:.3g} TFLOP"
         + (f"; peak {args.peak_tflops:.0f} TFLOP/s" if cuda else "")
     )
     rows = bench_train(model, pack, args, device)
@@ -678,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
     tok = tokenizer()
     pack = build_pack(tok, args.seq_len, args.grid, cfg.image_factor)
     model = build_model(cfg, device, dtype, checkpointing)
-    flops = FlopCount.of(model)
+    flops = FlopCount.of(model, model.config)
 
     where = torch.cuda.get_device_name(device) if cuda else "CPU"
     g = grid_side(args.seq_len, args.grid)

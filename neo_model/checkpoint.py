@@ -24,8 +24,6 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-import fsspec
-
 from neo_data.shards import join, url_to_fs
 
 log = logging.getLogger(__name__)
@@ -172,8 +170,3 @@ def get_dir(url: str) -> Path:
         raise FileNotFoundError(f"{url}: no such checkpoint directory")
     fs.get(root.rstrip("/") + "/", str(local) + "/", recursive=True)
     return local
-
-
-def open_text(url: str) -> str:
-    with fsspec.open(url, "rt") as f:
-        return f.read()

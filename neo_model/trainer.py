@@ -312,9 +312,10 @@ def train_worker(config: dict[str, Any]) -> None:
             stage, env.world_size, env.device, len(trained), manifest.name, step, cursor,
         )  # fmt: skip
     data_url = spec.data or manifest.data.packed
-    stream = iter(
-        PackStream(data_url, env.rank, env.world_size, seed=spec.seed, start=cursor, prefetch=4)
+    stream_source = PackStream(
+        data_url, env.rank, env.world_size, seed=spec.seed, start=cursor, prefetch=4
     )
+    stream = iter(stream_source)
     pad_to = spec.pad_to_multiple if env.device.type == "cuda" else 1
     pack_log = _open_pack_log(env.rank)
     meter = Meter()
@@ -376,6 +377,10 @@ def train_worker(config: dict[str, Any]) -> None:
     store.close()
     if tb is not None:
         tb.close()
+    # the export carries the pixel budget it was trained with (neo chat and serve use it)
+    pixels = stream_source.dataset.index.get("pixels", {})
+    if pixels:
+        cfg = cfg.replace(min_pixels=pixels["min"], max_pixels=pixels["max"])
     export(model, cfg, join(spec.output, EXPORT_DIR), env.rank)
     if env.rank == 0:
         log.info(

@@ -656,3 +656,15 @@ def _write_atomic(path: str, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` (the ``--set`` options) as overrides; values are YAML scalars or
+    flow collections (``--set data.curated=[a, b]``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out

@@ -417,7 +417,7 @@ class NeoVisionModel(nn.Module):
 
 @dataclass
 class NeoOutput:
-    logits: torch.Tensor  # [B, L, vocab]
+    logits: torch.Tensor | None  # [B, L, vocab]; None on the training path (loss_weights)
     loss: torch.Tensor | None = None  # scalar, when labels were given
 
 
@@ -455,7 +455,7 @@ class NeoChatModel(nn.Module):
         loss_weighting: LossWeighting = "token",
         backend: Backend | None = None,
         cache: KVCache | None = None,
-        logits_at: torch.Tensor | None = None,
+        loss_weights: torch.Tensor | None = None,
     ) -> NeoOutput:
         """Logits (and loss) for ``[B, L]`` tokens, e.g. the columns of packed shard rows.
 
@@ -475,9 +475,11 @@ class NeoChatModel(nn.Module):
             backend: ``"sdpa"``, ``"sdpa_segments"`` or ``"flex"``; default flex on CUDA,
                 sdpa_segments elsewhere (sdpa with a KV cache past the prompt).
             cache: a :class:`KVCache` to extend (generation); positions continue after it.
-            logits_at: ``[B, L]`` bool: compute logits only there, returned as ``[N, vocab]``
-                in row-major order (training: only supervised positions need the vocabulary
-                projection, the largest matrix of a small model). Not with ``labels``.
+            loss_weights: ``[B, L]`` per-token weights (:func:`loss_weights`) with ``labels``:
+                the training path. Returns ``loss = sum_i w_i CE_i`` (not divided) and no
+                logits; the vocabulary projection runs only at weighted positions, in chunks
+                recomputed in the backward pass, so ``[tokens, vocab]`` logits never exist at
+                once (150k-word vocabularies dominate memory otherwise).
         """
         if sample_ids is not None and cu_seqlens is not None:
             raise ValueError("pass sample_ids or cu_seqlens, not both")
@@ -502,10 +504,17 @@ class NeoChatModel(nn.Module):
         mask = build_mask(mask_ids, mask_ordinal, backend, q_offset)
 
         hidden_states = self.language_model.model(inputs_embeds, rope, mask, cache)
-        if logits_at is not None:
-            if labels is not None:
-                raise ValueError("pass labels or logits_at, not both")
-            hidden_states = hidden_states[logits_at]
+        if loss_weights is not None:
+            if labels is None:
+                raise ValueError("loss_weights needs labels")
+            at = loss_weights > 0
+            loss = chunked_token_loss(
+                hidden_states[at],
+                self.language_model.lm_head.weight,
+                labels[at].long(),
+                loss_weights[at].float(),
+            )
+            return NeoOutput(logits=None, loss=loss)
         logits = self.language_model.lm_head(hidden_states)
         loss = None
         if labels is not None:
@@ -566,6 +575,36 @@ def weighted_token_loss(
         reduction="none",
     )
     return (token_loss * weights.flatten()).sum()
+
+
+LOSS_CHUNK = 512  # supervised tokens per vocabulary-projection chunk
+
+
+def _chunk_loss(
+    hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    logits = F.linear(hidden, head).float()
+    return (F.cross_entropy(logits, labels, reduction="none") * weights).sum()
+
+
+def chunked_token_loss(
+    hidden: torch.Tensor,
+    head: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """``sum_i weights_i * CE(hidden_i @ head.T, labels_i)`` over ``[N, hidden]`` rows, one
+    ``chunk`` of rows at a time, each recomputed in the backward pass (activation
+    checkpointing): the peak is one chunk's ``[chunk, vocab]`` logits, not ``[N, vocab]``."""
+    chunk = chunk or LOSS_CHUNK
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, hidden.shape[0], chunk):
+        e = s + chunk
+        total = total + checkpoint(
+            _chunk_loss, hidden[s:e], head, labels[s:e], weights[s:e], use_reentrant=False
+        )
+    return total
 
 
 def causal_lm_loss(

@@ -66,7 +66,7 @@ from neo_model.checkpoint import (
 )
 from neo_model.config import NeoConfig
 from neo_model.flops import FlopCount
-from neo_model.model import NeoChatModel, loss_weights, normalize_image, weighted_token_loss
+from neo_model.model import NeoChatModel, loss_weights, normalize_image
 from neo_model.stages import set_trainable
 from neo_model.weights import _read_config, from_pretrained, from_qwen3, save_pretrained
 
@@ -330,13 +330,13 @@ def train_worker(config: dict[str, Any]) -> None:
         scale = env.world_size / max(float(totals[0]), 1e-6)
         loss_sum = 0.0
         for b, w in zip(batches, weights, strict=True):
-            at = w > 0
             with _autocast(env.device):
                 out = model(
                     b["input_ids"], b["t_index"], b["h_index"], b["w_index"], b["image_ordinal"],
-                    sample_ids=b["sample_ids"], pixel_values=b["pixel_values"], logits_at=at,
+                    sample_ids=b["sample_ids"], pixel_values=b["pixel_values"],
+                    labels=b["labels"], loss_weights=w,
                 )  # fmt: skip
-            part = weighted_token_loss(out.logits[None], b["labels"][at][None], w[at][None])
+            part = out.loss
             (part * scale).backward()
             loss_sum += float(part.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -466,8 +466,7 @@ def format_metrics(m: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """One process or ``torchrun``: ``python -m neo_model.trainer --manifest FILE [--set K=V]``."""
-    from neo_data.manifest import load_manifest
-    from pipelines.pack import parse_overrides
+    from neo_data.manifest import load_manifest, parse_overrides
 
     ap = argparse.ArgumentParser(prog="python -m neo_model.trainer")
     ap.add_argument("--manifest", required=True)

@@ -6,25 +6,15 @@ ray job submit --working-dir . -- python -m pipelines.curate --manifest manifest
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from neo_data.curate import CurateError, format_report, run_curate
-from neo_data.manifest import ManifestError, load_manifest
 from neo_data.ray_env import init_ray
-from pipelines.pack import parse_overrides
+from pipelines._job import job_parser, load_job_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="neo curate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--manifest", required=True, help="manifest YAML (local path or s3://)")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a manifest value, e.g. --set curate.output=s3://bucket/curated",
-    )
+    ap = job_parser("neo curate", __doc__, "curate.output=s3://bucket/curated")
     ap.add_argument(
         "--concurrency",
         type=int,
@@ -32,13 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         help="units curated at once (default: curate.download.processes, else one per CPU)",
     )
     args = ap.parse_args(argv)
-    try:
-        manifest = load_manifest(args.manifest, overrides=parse_overrides(args.set))
-    except ManifestError as e:
-        print(e, file=sys.stderr)
-        return 2
-    if manifest.curate is None:
-        print(f"error: {args.manifest}: no `curate:` section; nothing to curate", file=sys.stderr)
+    manifest = load_job_manifest(args, "curate")
+    if manifest is None:
         return 2
     init_ray()
     try:

@@ -6,24 +6,15 @@ ray job submit --working-dir . -- python -m pipelines.pack --manifest manifests/
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from neo_data.manifest import ManifestError, load_manifest
 from neo_data.pack_job import OutputConflict, format_summary, run_pack, verify_counts
 from neo_data.ray_env import init_ray
+from pipelines._job import job_parser, load_job_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="neo pack", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--manifest", required=True, help="manifest YAML (local path or s3://)")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a manifest value, e.g. --set data.packed=s3://bucket/packed",
-    )
+    ap = job_parser("neo pack", __doc__, "data.packed=s3://bucket/packed")
     ap.add_argument(
         "--concurrency",
         type=int,
@@ -36,10 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         help="keep _work/ (intermediate encodings) after success",
     )
     args = ap.parse_args(argv)
-    try:
-        manifest = load_manifest(args.manifest, overrides=parse_overrides(args.set))
-    except ManifestError as e:
-        print(e, file=sys.stderr)
+    manifest = load_job_manifest(args)
+    if manifest is None:
         return 2
     init_ray()
     try:
@@ -53,18 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(result.index))
     print(f"\nwrote {result.output}/index.json")
     return 0
-
-
-def parse_overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 if __name__ == "__main__":

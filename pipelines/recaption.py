@@ -6,38 +6,23 @@ ray job submit --working-dir . -- python -m pipelines.recaption --manifest FILE
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from neo_data.captioners import CaptionerUnavailable
-from neo_data.manifest import ManifestError, load_manifest
 from neo_data.pack_job import OutputConflict
 from neo_data.ray_env import init_ray
 from neo_data.recaption import format_summary, run_recaption
 from neo_data.recaption_spec import check_policy
 from neo_data.schema import SchemaMismatch
-from pipelines.pack import parse_overrides
+from pipelines._job import job_parser, load_job_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="neo recaption", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--manifest", required=True, help="manifest YAML (local path or s3://)")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a manifest value, e.g. --set recaption.batch_size=32",
-    )
+    ap = job_parser("neo recaption", __doc__, "recaption.batch_size=32")
     args = ap.parse_args(argv)
-    try:
-        manifest = load_manifest(args.manifest, overrides=parse_overrides(args.set))
-    except ManifestError as e:
-        print(e, file=sys.stderr)
-        return 2
-    if manifest.recaption is None:
-        print(f"{args.manifest}: no `recaption:` section", file=sys.stderr)
+    manifest = load_job_manifest(args, "recaption")
+    if manifest is None:
         return 2
     try:
         check_policy(manifest.recaption, manifest.pack.caption_choice)

@@ -9,33 +9,18 @@ qwen3``), stage 2 from stage 1's ``<output>/export`` (``kind: neo``), stage 3 fr
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from neo_data.manifest import ManifestError, load_manifest
 from neo_data.ray_env import init_ray
-from pipelines.pack import parse_overrides
+from pipelines._job import job_parser, load_job_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="neo train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--manifest", required=True, help="manifest YAML (local path or s3://)")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a manifest value, e.g. --set train.steps=100",
-    )
+    ap = job_parser("neo train", __doc__, "train.steps=100")
     args = ap.parse_args(argv)
-    try:
-        manifest = load_manifest(args.manifest, overrides=parse_overrides(args.set))
-    except ManifestError as e:
-        print(e, file=sys.stderr)
-        return 2
-    if manifest.train is None:
-        print(f"{args.manifest}: no train: section (see manifests/pretrain.yaml)", file=sys.stderr)
+    manifest = load_job_manifest(args, "train")
+    if manifest is None:
         return 2
     from neo_model.ray_train import run_stage
 

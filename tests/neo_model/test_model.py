@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ from PIL import Image
 from neo_data.positions import ImageTokenMismatch
 from neo_data.tokens import IMG_CONTEXT_ID, IMG_START_ID
 from neo_model.config import debug, neo_2_2b, neo_9b
-from neo_model.model import NeoChatModel, causal_lm_loss, normalize_image
+from neo_model.model import NeoChatModel, causal_lm_loss, loss_weights, normalize_image
 
 CAPTION = [("user", "Look: <image>\nDescribe it."), ("assistant", "A red square on grey.")]
 
@@ -116,6 +119,28 @@ def test_loss_uses_the_stored_shifted_labels(debug_model, caption_pack):
     assert grads["vision_model.embeddings.patch_embedding.weight"].abs().sum() > 0
     assert grads["language_model.model.layers.0.self_attn.k_proj_hw.weight"].abs().sum() > 0
     debug_model.zero_grad(set_to_none=True)
+
+
+def test_chunked_training_loss_equals_the_full_logits_loss(debug_model, caption_pack):
+    """The training path (loss_weights: vocabulary projection in recomputed chunks, supervised
+    positions only) gives the full-logits loss x weight total, and the same gradients (float64:
+    only the summation order differs)."""
+    debug_model = copy.deepcopy(debug_model).double()
+    inputs, labels = model_inputs(caption_pack), caption_pack["labels"]
+    images = random_images([(2, 2)])
+    sample_ids = torch.zeros_like(labels)
+    weights = loss_weights(labels, sample_ids, "sample_sqrt")
+    full = debug_model(*inputs, pixel_values=images, labels=labels, loss_weighting="sample_sqrt")
+    (full.loss * weights.sum()).backward()
+    expected = {n: p.grad.clone() for n, p in debug_model.named_parameters()}
+    debug_model.zero_grad(set_to_none=True)
+    with patch("neo_model.model.LOSS_CHUNK", 3):  # several chunks, the last one short
+        out = debug_model(*inputs, pixel_values=images, labels=labels, loss_weights=weights)
+    assert out.logits is None and int((weights > 0).sum()) > 6
+    torch.testing.assert_close(out.loss.float(), (full.loss.detach() * weights.sum()).float())
+    out.loss.backward()
+    for n, p in debug_model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n])
 
 
 def test_sample_sqrt_weighting():

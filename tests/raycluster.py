@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from helpers import free_port
@@ -19,18 +20,36 @@ BIN = Path(sys.executable).parent
 
 class RayCluster:
     """``ray start --head --block`` (stopping that process stops its node only, so a Ray in the
-    test process is left alone), plus worker nodes on demand."""
+    test process is left alone), plus worker nodes on demand.
 
-    def __init__(self, temp_dir: Path, num_cpus: int = 2):
+    ``env`` is laid over the defaults for every ``ray`` command this cluster runs. The default
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps every Ray port on 127.0.0.1 but makes Ray refuse
+    worker nodes; a multi-node cluster needs ``{"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}``, which
+    binds some ports to all addresses, so run it in a network namespace of its own
+    (``unshare -n``; see tests/pipelines/two_node_scenario.py). ``log``, when given, collects the
+    ``ray start`` processes' output (why a node did not start). Keep ``temp_dir`` short: Ray's
+    Unix sockets live under it and their paths must stay below 108 bytes."""
+
+    def __init__(
+        self,
+        temp_dir: Path,
+        num_cpus: int = 2,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+    ):
         self.env = {
             **os.environ,
             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the job's `python` is this venv's
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_AUTH_MODE": "token",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # a stopped test node exits at once instead of draining for up to 30 s
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            **(env or {}),
         }
         self.env.pop("RAY_ADDRESS", None)
         self.temp_dir = temp_dir
+        self.log = log
         self.gcs_port = free_port()
         dash = free_port()
         self.url = f"http://127.0.0.1:{dash}"
@@ -51,11 +70,16 @@ class RayCluster:
             f"--runtime-env-agent-port={free_port()}",
             f"--metrics-export-port={free_port()}",
         ]
-        proc = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", *args, *ports,
-             f"--num-cpus={num_cpus}", "--disable-usage-stats"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        sink = open(self.log, "a") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", *args,
+                 *ports, f"--num-cpus={num_cpus}", "--disable-usage-stats"],
+                env=self.env, stdout=sink, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        finally:
+            if self.log:
+                sink.close()  # the child has its own copy
         self.nodes.append(proc)
 
     def add_worker_node(self, num_cpus: int = 2, resources: str | None = None) -> None:
@@ -64,6 +88,43 @@ class RayCluster:
         if resources:
             args.append(f"--resources={resources}")
         self._start_node(args, num_cpus)
+
+    def state(self, resource: str, *filters: str) -> list[dict]:
+        """``ray list <resource> --detail`` (the state API, e.g. ``"nodes"``, ``"actors"``) with
+        ``--filter`` expressions such as ``"state=ALIVE"``; dead actors stay listed a while."""
+        args = [f"--filter={f}" for f in filters]
+        run = subprocess.run(
+            [str(BIN / "ray"), "list", resource, "--address", self.url, "--format", "json",
+             "--detail", "--limit", "1000", *args],
+            env=self.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        why = f"exit {run.returncode}"
+        if run.returncode == 0:
+            try:
+                return json.loads(run.stdout)
+            except json.JSONDecodeError as e:  # e.g. a warning instead of the listing
+                why = f"output is not JSON ({e})"
+        raise RuntimeError(f"ray list {resource}: {why}: {(run.stdout + run.stderr)[-1000:]}")
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> list[dict]:
+        """Block until ``count`` nodes are alive (a worker node registers some seconds after
+        ``ray start``); returns their ``ray list nodes`` records."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                alive = self.state("nodes", "state=ALIVE")
+            except RuntimeError as e:  # the state API answers a little after the job API
+                alive, why = [], str(e)
+            else:
+                why = ""
+            if len(alive) >= count:
+                return alive
+            if any(p.poll() is not None for p in self.nodes) or time.time() > deadline:
+                raise RuntimeError(
+                    f"{len(alive)} of {count} Ray nodes alive {why}"
+                    f" (node processes' exit codes: {[p.poll() for p in self.nodes]})"
+                )
+            time.sleep(2)
 
     def _wait_for_jobs_api(self, timeout: float = 120) -> None:
         deadline = time.time() + timeout
@@ -106,7 +167,12 @@ class RayCluster:
             time.sleep(3)
 
     def stop(self) -> None:
+        """Worker nodes first (newest first), then the head; a node that does not stop within
+        60 s is killed, so one stuck node never leaves the others running."""
         for proc in reversed(self.nodes):
             proc.terminate()
-        for proc in self.nodes:
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)

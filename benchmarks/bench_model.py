@@ -332,6 +332,10 @@ def bench_train(model, pack: Pack, args, device) -> list[tuple]:
     ]
     if device.type == "cuda" and args.sdpa_reference:
         cases.append(("sdpa dense mask, NEO mixed, packed", pack.columns, packed, "sdpa", "neo"))
+    if device.type != "cuda":  # the CPU training path: one dense block per packed sample
+        cases.append(
+            ("sdpa per sample, NEO mixed, packed", pack.columns, packed, "sdpa_segments", "neo")
+        )
 
     rows = []
     for name, cols, mask_kwargs, backend, mask in cases:

@@ -67,7 +67,8 @@ def test_show_refuses_an_invalid_manifest(tmp_path, capsys):
     bad.write_text(DEMO.replace("packs_per_shard: 16", "packs_per_shard: 0"))
     assert cli.main(["manifest", "show", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert f"{bad}:20: pack.packs_per_shard: 0 -- Input should be greater than 0" in err
+    line = DEMO[: DEMO.index("packs_per_shard: 16")].count("\n") + 1
+    assert f"{bad}:{line}: pack.packs_per_shard: 0 -- Input should be greater than 0" in err
 
 
 def test_set_edits_in_place_and_refuses_invalid(tmp_path, capsys):

@@ -127,17 +127,24 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_on_the_very_next_pack
     monkeypatch.setenv("NEO_TRAIN_PACK_LOG", str(logs))
     killed: list[dict] = []
 
-    def kill_rank_1_after_step_3() -> None:
+    step_2 = tmp_path / "run" / "checkpoints" / "step-00000002"
+    files = ("trainer_state.json", ".metadata", "__0_0.distcp", "__1_0.distcp")
+
+    def kill_rank_1_after_the_step_2_checkpoint() -> None:
+        """SIGKILL rank 1 once the step-2 checkpoint is uploaded (Ray uploads asynchronously;
+        a checkpoint still in flight would be lost with the worker) and rank 1 is past it."""
         deadline = time.time() + 600
         while time.time() < deadline:
-            seen = [x for x in read_log(logs, 1) if x["step"] >= 3]
-            if seen:
-                os.kill(seen[0]["pid"], signal.SIGKILL)
-                killed.append(seen[0])
-                return
+            if all((step_2 / f).exists() for f in files):
+                time.sleep(1.0)  # Ray registers the checkpoint after its upload completes
+                seen = [x for x in read_log(logs, 1) if x["step"] >= 3]
+                if seen:
+                    os.kill(seen[-1]["pid"], signal.SIGKILL)
+                    killed.append(seen[-1])
+                    return
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_rank_1_after_step_3, daemon=True)
+    killer = threading.Thread(target=kill_rank_1_after_the_step_2_checkpoint, daemon=True)
     killer.start()
     result = run_stage(manifest(tiny_packed, tmp_path / "run"))
     killer.join()

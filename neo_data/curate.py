@@ -64,7 +64,7 @@ from neo_data.curate_spec import CurateSpec
 from neo_data.dedup import DedupItem, find_duplicates
 from neo_data.manifest import Manifest
 from neo_data.schema import CURATED_SCHEMA, REJECTED_DIR, WORK_DIR
-from neo_data.shards import atomic_write, join, url_to_fs
+from neo_data.shards import atomic_write, claim_work_dir, join, url_to_fs
 
 log = logging.getLogger(__name__)
 
@@ -461,17 +461,12 @@ def _finished_report(fs, root: str, shash: str, output: str) -> dict | None:
 
 def _stamp_work_dir(fs, root: str, shash: str, output: str) -> None:
     """Resume only work done for the same ``curate:`` section."""
-    stamp = join(root, WORK_DIR, "curate.sha256")
-    if fs.exists(stamp):
-        with fs.open(stamp, "rb") as f:
-            old = f.read().decode().strip()
-        if old != shash:
-            raise CurateError(
-                f"{output}/{WORK_DIR} holds unfinished work of another `curate:` section "
-                f"(sha256 {old[:12]}); delete it or choose a new curate.output"
-            )
-    else:
-        atomic_write(fs, stamp, shash.encode())
+    old = claim_work_dir(fs, join(root, WORK_DIR), "curate.sha256", shash)
+    if old is not None:
+        raise CurateError(
+            f"{output}/{WORK_DIR} holds unfinished work of another `curate:` section "
+            f"(sha256 {old[:12]}); delete it or choose a new curate.output"
+        )
 
 
 def _read_markers(fs, root: str, units: list[Unit]) -> list[tuple[dict, dict]]:

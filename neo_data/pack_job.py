@@ -47,6 +47,7 @@ from neo_data.schema import (
 )
 from neo_data.shards import (
     atomic_write,
+    claim_work_dir,
     join,
     table_to_parquet_bytes,
     url_to_fs,
@@ -491,17 +492,12 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None) -> PackResul
 
 def _check_work_dir(fs, root: str, mhash: str) -> None:
     """Resume only work done for the same manifest; start fresh state for a new one."""
-    stamp = join(root, WORK_DIR, "manifest.sha256")
-    if fs.exists(stamp):
-        with fs.open(stamp, "rb") as f:
-            old = f.read().decode().strip()
-        if old != mhash:
-            raise OutputConflict(
-                f"{root}/{WORK_DIR} holds unfinished work of another manifest (sha256 {old[:12]}); "
-                f"delete it or choose a new data.packed"
-            )
-    else:
-        atomic_write(fs, stamp, mhash.encode())
+    old = claim_work_dir(fs, join(root, WORK_DIR), "manifest.sha256", mhash)
+    if old is not None:
+        raise OutputConflict(
+            f"{root}/{WORK_DIR} holds unfinished work of another manifest (sha256 {old[:12]}); "
+            f"delete it or choose a new data.packed"
+        )
 
 
 def _make_index(

@@ -40,7 +40,13 @@ from neo_data.manifest import Manifest
 from neo_data.pack_job import OutputConflict, list_inputs
 from neo_data.recaption_spec import RecaptionSpec, check_policy
 from neo_data.schema import CAPTION_TYPE, CURATED_SCHEMA, REJECTED_SCHEMA, WORK_DIR, check_schema
-from neo_data.shards import atomic_write, join, table_to_parquet_bytes, url_to_fs
+from neo_data.shards import (
+    atomic_write,
+    claim_work_dir,
+    join,
+    table_to_parquet_bytes,
+    url_to_fs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -364,18 +370,13 @@ def run_recaption(manifest: Manifest) -> RecaptionResult:
 
 def _stamp(fs, root: str, spec: RecaptionSpec) -> None:
     """Resume only work done with the same model, prompt, settings and policy."""
-    stamp = join(root, WORK_DIR, SPEC_STAMP)
     want = spec.work_hash()
-    if fs.exists(stamp):
-        with fs.open(stamp, "rb") as f:
-            got = f.read().decode().strip()
-        if got != want:
-            raise OutputConflict(
-                f"{root}/{WORK_DIR} holds recaptions made with other settings (sha256 "
-                f"{got[:12]}, this spec {want[:12]}); choose a new recaption.output"
-            )
-        return
-    atomic_write(fs, stamp, want.encode())
+    got = claim_work_dir(fs, join(root, WORK_DIR), SPEC_STAMP, want)
+    if got is not None:
+        raise OutputConflict(
+            f"{root}/{WORK_DIR} holds recaptions made with other settings (sha256 "
+            f"{got[:12]}, this spec {want[:12]}); choose a new recaption.output"
+        )
 
 
 def _finished(fs, root: str, files: list[InputFile]) -> dict[str, FileDone]:

@@ -151,6 +151,21 @@ class ShardInfo:
         )
 
 
+def claim_work_dir(
+    fs: fsspec.AbstractFileSystem, work_dir: str, name: str, digest: str
+) -> str | None:
+    """Stamp ``work_dir/name`` with ``digest`` (the settings a job's unfinished work was made
+    with) if it is not stamped yet. Returns the other digest when the stamp differs -- the caller
+    refuses to resume -- else None."""
+    stamp = join(work_dir, name)
+    if fs.exists(stamp):
+        with fs.open(stamp, "rb") as f:
+            old = f.read().decode().strip()
+        return old if old != digest else None
+    atomic_write(fs, stamp, digest.encode())
+    return None
+
+
 def write_shard(
     fs: fsspec.AbstractFileSystem, root: str, rel: str, bucket: str, rows: list[dict]
 ) -> ShardInfo:

@@ -101,13 +101,12 @@ def setup_distributed(spec: TrainSpec) -> Env:
     if spec.use_gpu:
         if not torch.cuda.is_available():
             raise RuntimeError("train.use_gpu is true but this worker sees no CUDA device")
-        local = int(os.environ.get("LOCAL_RANK", 0))
         if under_ray:
             import ray.train.torch
 
             device = ray.train.torch.get_device()
         else:
-            device = torch.device("cuda", local)
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -115,18 +114,19 @@ def setup_distributed(spec: TrainSpec) -> Env:
 
 
 def _under_ray() -> bool:
+    """Whether this process is a Ray Train worker (a Ray worker with a train context)."""
     try:
+        import ray
         import ray.train
-
-        return ray.train.get_context().get_world_size() >= 1 and _in_ray_worker()
-    except (ImportError, RuntimeError, AttributeError):
+    except ImportError:
         return False
-
-
-def _in_ray_worker() -> bool:
-    import ray
-
-    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return False
+    try:
+        ray.train.get_context()
+    except RuntimeError:
+        return False
+    return True
 
 
 def stage_config(spec: TrainSpec) -> NeoConfig:
@@ -325,9 +325,10 @@ def train_worker(config: dict[str, Any]) -> None:
         packs = [next(stream) for _ in range(spec.packs_per_step)]
         batches = [model_inputs(p, env.device, pad_to) for p in packs]
         weights = [loss_weights(b["labels"], b["sample_ids"], spec.loss_weighting) for b in batches]
-        totals = torch.tensor([float(sum(w.sum() for w in weights)), 0.0], dtype=torch.float64)
-        dist.all_reduce(totals)
-        scale = env.world_size / max(float(totals[0]), 1e-6)
+        total = torch.tensor([float(sum(w.sum() for w in weights))], dtype=torch.float64)
+        dist.all_reduce(total)  # the step's weight total over every rank and micro-batch
+        total = max(float(total), 1e-6)
+        scale = env.world_size / total
         loss_sum = 0.0
         for b, w in zip(batches, weights, strict=True):
             with _autocast(env.device):
@@ -360,7 +361,7 @@ def train_worker(config: dict[str, Any]) -> None:
                 }
                 pack_log.write(json.dumps(rec) + "\n")
             pack_log.flush()
-        meter.add(packs, flops, loss_sum / max(float(totals[0]), 1e-6), time.perf_counter() - t0)
+        meter.add(packs, flops, loss_sum / total, time.perf_counter() - t0)
         if step % spec.log_every == 0 or step == spec.steps:
             metrics = meter.collect(step, sched.get_last_lr()[0], grad_norm, env, spec.peak_tflops)
             if env.rank == 0:

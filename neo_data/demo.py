@@ -220,10 +220,22 @@ FOREGROUNDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def make_scene(rng: random.Random) -> Scene:
-    """Draw a random scene: a word (30%) or 1..3 groups of 1..4 shapes on a plain background."""
+def make_scene(
+    rng: random.Random,
+    *,
+    max_groups: int = MAX_GROUPS,
+    word_fraction: float = WORD_SCENE_FRACTION,
+) -> Scene:
+    """Draw a random scene: a word (``word_fraction``, 30%) or 1..``max_groups`` (3) groups of
+    1..4 shapes on a plain background. The defaults are the demo dataset's distribution; fewer
+    groups and no words make an easier one (``benchmarks/bench_learning.py``)."""
+    if not 1 <= max_groups <= len(POSITIONS) or not 0.0 <= word_fraction <= 1.0:
+        raise ValueError(
+            f"make_scene: max_groups={max_groups} (1..{len(POSITIONS)}), "
+            f"word_fraction={word_fraction} (0..1)"
+        )
     background = rng.choice(list(PALETTE))
-    if rng.random() < WORD_SCENE_FRACTION:
+    if rng.random() < word_fraction:
         return Scene(
             background=background,
             word=rng.choice(WORDS),
@@ -231,7 +243,7 @@ def make_scene(rng: random.Random) -> Scene:
             word_position=rng.choice(WORD_POSITIONS),
             layout_seed=rng.getrandbits(32),
         )
-    positions = sorted(rng.sample(POSITIONS, rng.randint(1, MAX_GROUPS)), key=POSITIONS.index)
+    positions = sorted(rng.sample(POSITIONS, rng.randint(1, max_groups)), key=POSITIONS.index)
     pairs: list[tuple[str, str]] = []
     while len(pairs) < len(positions):
         pair = (rng.choice(SHAPES), rng.choice(FOREGROUNDS[background]))

@@ -9,7 +9,7 @@ uses for training data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +46,21 @@ def generate(
     model: NeoChatModel, prompts: Sequence[Prompt], params: SamplingParams | None = None
 ) -> list[list[int]]:
     """Generate for a batch of prompts; returns each row's new tokens, up to (without) the stop token."""
+    out: list[list[int]] = [[] for _ in prompts]
+    for tokens in generate_steps(model, prompts, params):
+        for row, token in zip(out, tokens, strict=True):
+            if token is not None:
+                row.append(token)
+    return out
+
+
+@torch.no_grad()
+def generate_steps(
+    model: NeoChatModel, prompts: Sequence[Prompt], params: SamplingParams | None = None
+) -> Iterator[list[int | None]]:
+    """:func:`generate` one step at a time: yields, per step, each row's new token (``None``
+    for a row that has stopped, the step its stop token came and after). Streaming servers
+    read it token by token; it ends when every row has stopped or after ``max_new_tokens``."""
     params = params or SamplingParams()
     device = model.language_model.lm_head.weight.device
     factor = model.config.image_factor
@@ -62,18 +77,19 @@ def generate(
     cache = KVCache()
     generator = torch.Generator(device=device).manual_seed(params.seed)
     logits = model(**batch, pixel_values=images, cache=cache, backend="sdpa").logits[:, -1]
-    out: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     ones = torch.ones(len(prompts), 1, dtype=torch.long, device=device)
     for _ in range(params.max_new_tokens):
         token = _choose(logits, params, generator)
+        step: list[int | None] = [None] * len(prompts)
         for i in torch.nonzero(~done).flatten().tolist():
             if token[i] == params.stop_id:
                 done[i] = True
             else:
-                out[i].append(int(token[i]))
+                step[i] = int(token[i])
+        yield step
         if done.all():
-            break
+            return
         logits = model(
             token[:, None],
             t_next[:, None],
@@ -85,7 +101,6 @@ def generate(
             backend="sdpa",
         ).logits[:, -1]
         t_next = t_next + 1
-    return out
 
 
 def _left_pad(rows: list[tuple[np.ndarray, ...]], device: torch.device) -> dict[str, torch.Tensor]:

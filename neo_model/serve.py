@@ -16,11 +16,16 @@ Limits and errors (OpenAI's error body ``{"error": {"message", "type", "param", 
   inside a cluster);
 * 404 for an unknown route or a ``model`` other than the served name.
 
-One model, one generation at a time (a lock; generation runs in a worker thread so the server
-keeps answering ``/health`` and rejecting bad requests meanwhile). ``stream: true`` is answered
-in the server-sent-events format of the API (a role chunk, content, a final chunk with
-``finish_reason``, ``[DONE]``); the content arrives in one chunk once generation finishes,
-because :func:`neo_model.generate.generate` has no per-token hook yet.
+One model, one batch at a time: requests that arrive while a batch generates are queued, and the
+next batch takes up to ``max_batch_size`` of them that sample alike (greedy requests always
+batch; sampled ones batch when temperature, top_k and seed match, so a sampled answer may depend
+on its batch). Each row stops at its own ``max_tokens`` or stop. This is batching per round,
+not continuous batching: a request waits for the running batch to end. Generation runs in a
+worker thread, so the server keeps answering ``/health`` and rejecting bad requests meanwhile.
+``stream: true`` is answered in the server-sent-events format of the API (a role chunk, a
+content chunk per generated token as it comes -- text that may still turn into a stop string
+or is half a UTF-8 character waits --, a final chunk with ``finish_reason`` and usage,
+``[DONE]``). A streaming client that disconnects stops its row.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
@@ -43,7 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from neo_data.images import ImageRejected, open_image, smart_resize
 from neo_data.tokens import NeoTokenizer, TemplateError
-from neo_model.generate import Prompt, SamplingParams, generate
+from neo_model.generate import Prompt, SamplingParams, generate_steps
 from neo_model.model import NeoChatModel
 from neo_model.prompting import MAX_DECODE_PIXELS, build_prompt
 
@@ -62,6 +67,7 @@ class ServeSettings:
     max_prompt_tokens: int = 32_768
     max_new_tokens: int = 4096  # cap on a request's max_tokens
     default_max_tokens: int = 512
+    max_batch_size: int = 8  # requests generated together
 
 
 class BadRequest(Exception):
@@ -198,12 +204,94 @@ class Answer:
     finish_reason: str  # "stop" | "length"
 
 
+@dataclass(frozen=True)
+class Delta:
+    """One event of a request's stream: new text, and at the end the finish reason and usage."""
+
+    text: str
+    finish_reason: str | None = None  # set on the last event only
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Characters at the end of ``text`` that may still become a stop string (not sent yet)."""
+    return max(
+        (
+            k
+            for s in stops
+            for k in range(min(len(s) - 1, len(text)), 0, -1)
+            if text.endswith(s[:k])
+        ),
+        default=0,
+    )
+
+
+class _Job:
+    """One request inside a batch: its prompt, limits, the ids it got so far, and the queue its
+    handler reads :class:`Delta` events from (filled from the generation thread)."""
+
+    def __init__(self, prompt: Prompt, params: SamplingParams, stops: list[str], tok, loop):
+        self.prompt, self.params, self.stops, self.tok, self.loop = prompt, params, stops, tok, loop
+        self.queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        self.ids: list[int] = []
+        self.sent = ""  # text already streamed
+        self.finished = False
+        self.cancelled = False  # the client went away: stop generating for it
+
+    def batch_key(self) -> tuple:
+        """Requests batch together when they sample alike (greedy requests always do)."""
+        p = self.params
+        return ("greedy",) if p.temperature <= 0 else (p.temperature, p.top_k, p.seed)
+
+    def _put(self, item: Delta | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def add(self, token: int | None) -> None:
+        """The row's next token (``None``: it stopped). Streams the text that can no longer
+        change (a possible stop-string prefix and an incomplete UTF-8 character wait)."""
+        if token is None:
+            return self.finish("stop")
+        self.ids.append(token)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        cut = min((text.find(s) for s in self.stops if s and s in text), default=-1)
+        if cut >= 0:
+            return self.finish("stop", text[:cut])
+        if len(self.ids) >= self.params.max_new_tokens:
+            return self.finish("length", text)
+        safe = text[: len(text) - _held_back(text, self.stops)].rstrip("\ufffd")
+        if len(safe) > len(self.sent) and safe.startswith(self.sent):
+            self._put(Delta(safe[len(self.sent) :]))
+            self.sent = safe
+        return None
+
+    def finish(self, reason: str, text: str | None = None) -> None:
+        if self.finished:
+            return
+        if text is None:
+            text = self.tok.decode(self.ids, skip_special_tokens=True)
+        self.finished = True
+        rest = text[len(self.sent) :] if text.startswith(self.sent) else ""
+        self._put(Delta(rest, reason, len(self.prompt.input_ids), len(self.ids)))
+
+    def fail(self, error: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self._put(error)
+
+
 class Engine:
-    """The model, its tokenizer and the lock that serialises generation."""
+    """The model, its tokenizer and a batching loop: requests that arrive while a batch is
+    generating wait, and the next batch takes up to ``max_batch_size`` of them that sample
+    alike (oldest first). Generation runs in a worker thread, one batch at a time, so the
+    server keeps answering ``/health`` and rejecting bad requests meanwhile."""
 
     def __init__(self, model: NeoChatModel, tok: NeoTokenizer, settings: ServeSettings):
         self.model, self.tok, self.settings = model, tok, settings
-        self.lock = asyncio.Lock()
+        self.pending: list[_Job] = []
+        self.wakeup: asyncio.Event | None = None
+        self.worker: asyncio.Task | None = None
+        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0}  # shown by /health
 
     def prompt(self, req: ChatRequest) -> Prompt:
         turns, images = request_turns(req, self.settings)
@@ -222,19 +310,73 @@ class Engine:
             )
         return Prompt(ids, pixels)
 
-    async def answer(self, req: ChatRequest) -> Answer:
+    def submit(self, req: ChatRequest) -> _Job:
+        """Validate ``req`` (a :class:`BadRequest` names what is wrong) and queue it."""
         params = sampling(req, self.settings)
-        prompt = self.prompt(req)
-        async with self.lock:
-            new = await asyncio.to_thread(generate, self.model, [prompt], params)
-        ids = new[0]
-        text = self.tok.decode(ids, skip_special_tokens=True)
-        finish = "length" if len(ids) >= params.max_new_tokens else "stop"
-        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        cut = min((text.find(s) for s in stops if s and s in text), default=-1)
-        if cut >= 0:
-            text, finish = text[:cut], "stop"
-        return Answer(text, len(prompt.input_ids), len(ids), finish)
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        job = _Job(self.prompt(req), params, stops, self.tok, asyncio.get_running_loop())
+        if self.worker is None or self.worker.done():
+            self.wakeup = asyncio.Event()
+            self.worker = asyncio.create_task(self._serve())
+        self.pending.append(job)
+        self.wakeup.set()
+        return job
+
+    async def events(self, job: _Job) -> AsyncIterator[Delta]:
+        """``job``'s deltas up to and including the last one (which has ``finish_reason``)."""
+        try:
+            while True:
+                item = await job.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            job.cancelled = True
+
+    async def answer(self, req: ChatRequest) -> Answer:
+        job = self.submit(req)
+        parts, last = [], None
+        async for delta in self.events(job):
+            parts.append(delta.text)
+            last = delta
+        return Answer(
+            "".join(parts), last.prompt_tokens, last.completion_tokens, last.finish_reason
+        )
+
+    async def _serve(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.pending:
+                key = self.pending[0].batch_key()
+                batch = [j for j in self.pending if j.batch_key() == key]
+                batch = batch[: self.settings.max_batch_size]
+                self.pending = [j for j in self.pending if j not in batch]
+                self.stats["requests"] += len(batch)
+                self.stats["batches"] += 1
+                self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+                await asyncio.to_thread(self._generate, batch)
+
+    def _generate(self, batch: list[_Job]) -> None:
+        """One batch, in the worker thread; each row stops at its own ``max_tokens``."""
+        limit = max(j.params.max_new_tokens for j in batch)
+        params = replace(batch[0].params, max_new_tokens=limit)
+        try:
+            steps = generate_steps(self.model, [j.prompt for j in batch], params)
+            for tokens in steps:
+                for job, token in zip(batch, tokens, strict=True):
+                    if not job.finished:
+                        job.add(token)
+                if all(j.finished or j.cancelled for j in batch):
+                    steps.close()
+                    break
+            for job in batch:
+                job.finish("length")
+        except Exception as e:  # noqa: BLE001 -- every waiting request hears of it
+            for job in batch:
+                job.fail(e)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +403,7 @@ def create_app(model: NeoChatModel, tok: NeoTokenizer, settings: ServeSettings) 
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "queued": len(engine.pending), **engine.stats}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -280,13 +422,14 @@ def create_app(model: NeoChatModel, tok: NeoTokenizer, settings: ServeSettings) 
                 "model",
                 status=404,
             )
-        answer = await engine.answer(req)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
+            job = engine.submit(req)
             return StreamingResponse(
-                sse_chunks(answer, cid, created, settings.served_model_name),
+                sse_chunks(engine.events(job), cid, created, settings.served_model_name),
                 media_type="text/event-stream",
             )
+        answer = await engine.answer(req)
         return {
             "id": cid,
             "object": "chat.completion",
@@ -345,7 +488,12 @@ def usage(answer: Answer) -> dict[str, int]:
     }
 
 
-async def sse_chunks(answer: Answer, cid: str, created: int, model: str) -> AsyncIterator[bytes]:
+async def sse_chunks(
+    deltas: AsyncIterator[Delta], cid: str, created: int, model: str
+) -> AsyncIterator[bytes]:
+    """The API's server-sent events: a role chunk, a content chunk per delta as the tokens come,
+    a final chunk with ``finish_reason`` and usage, ``[DONE]``."""
+
     def chunk(delta: dict, finish: str | None = None, **extra: Any) -> bytes:
         body = {
             "id": cid,
@@ -358,7 +506,17 @@ async def sse_chunks(answer: Answer, cid: str, created: int, model: str) -> Asyn
         return f"data: {json.dumps(body)}\n\n".encode()
 
     yield chunk({"role": "assistant", "content": ""})
-    if answer.text:
-        yield chunk({"content": answer.text})
-    yield chunk({}, answer.finish_reason, usage=usage(answer))
+    try:
+        async for d in deltas:
+            if d.text:
+                yield chunk({"content": d.text})
+            if d.finish_reason is not None:
+                usage_ = {
+                    "prompt_tokens": d.prompt_tokens,
+                    "completion_tokens": d.completion_tokens,
+                    "total_tokens": d.prompt_tokens + d.completion_tokens,
+                }
+                yield chunk({}, d.finish_reason, usage=usage_)
+    except Exception as e:  # noqa: BLE001 -- headers are sent: the error goes in the stream
+        yield f"data: {json.dumps(error_body(f'generation failed: {e}', 500))}\n\n".encode()
     yield b"data: [DONE]\n\n"

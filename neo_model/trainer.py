@@ -73,6 +73,7 @@ from neo_model.weights import _read_config, from_pretrained, from_qwen3, save_pr
 log = logging.getLogger("neo.train")
 EXPORT_DIR = "export"
 CHECKPOINT_DIR = "checkpoints"
+METRICS_LOG = "metrics.jsonl"  # in a local output: the logged metrics, a JSON line per log step
 PACK_LOG_ENV = "NEO_TRAIN_PACK_LOG"  # a local directory: each rank appends the packs it trains on
 
 
@@ -320,6 +321,7 @@ def train_worker(config: dict[str, Any]) -> None:
     pack_log = _open_pack_log(env.rank)
     meter = Meter()
     tb = _tensorboard(spec, env.rank)
+    metrics_log = _open_metrics_log(spec, env.rank)
     while step < spec.steps:
         t0 = time.perf_counter()
         packs = [next(stream) for _ in range(spec.packs_per_step)]
@@ -369,6 +371,9 @@ def train_worker(config: dict[str, Any]) -> None:
                 if tb is not None:
                     for k, v in metrics.items():
                         tb.add_scalar(f"train/{k}", v, step)
+                if metrics_log is not None:
+                    metrics_log.write(json.dumps(metrics) + "\n")
+                    metrics_log.flush()
         else:
             metrics = None
         if step % spec.checkpoint_every == 0 or step == spec.steps:
@@ -378,6 +383,8 @@ def train_worker(config: dict[str, Any]) -> None:
     store.close()
     if tb is not None:
         tb.close()
+    if metrics_log is not None:
+        metrics_log.close()
     # the export carries the pixel budget it was trained with (neo chat and serve use it)
     pixels = stream_source.dataset.index.get("pixels", {})
     if pixels:
@@ -399,6 +406,15 @@ def _open_pack_log(rank: int):
         return None
     Path(where).mkdir(parents=True, exist_ok=True)
     return open(Path(where) / f"rank-{rank}.jsonl", "a")  # noqa: SIM115 -- lives for the run
+
+
+def _open_metrics_log(spec: TrainSpec, rank: int):
+    """``<output>/metrics.jsonl``: rank 0's log lines as JSON, one per ``log_every`` steps (local
+    output only, like TensorBoard). A resumed run appends; the last line of a step wins."""
+    if rank != 0 or "://" in spec.output:
+        return None
+    Path(spec.output).mkdir(parents=True, exist_ok=True)
+    return open(Path(spec.output) / METRICS_LOG, "a")  # noqa: SIM115 -- lives for the run
 
 
 def _tensorboard(spec: TrainSpec, rank: int):

@@ -32,9 +32,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--max-images", type=int, default=16, help="images per request")
     ap.add_argument("--max-prompt-tokens", type=int, default=32_768)
     ap.add_argument("--max-new-tokens", type=int, default=4096, help="cap on max_tokens")
+    ap.add_argument("--max-batch-size", type=int, default=8, help="requests generated together")
     ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
-    if min(args.max_request_mb, args.max_images, args.max_prompt_tokens, args.max_new_tokens) <= 0:
+    limits = (args.max_request_mb, args.max_images, args.max_prompt_tokens, args.max_new_tokens,
+              args.max_batch_size)  # fmt: skip
+    if min(limits) <= 0:
         ap.error("the limits must be positive")
     return args
 
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         max_prompt_tokens=args.max_prompt_tokens,
         max_new_tokens=args.max_new_tokens,
         default_max_tokens=min(512, args.max_new_tokens),
+        max_batch_size=args.max_batch_size,
     )
     app = create_app(model, tok, settings)
     print(

@@ -4,6 +4,7 @@ loss normalisation, checkpoint round trip, stage export."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -152,6 +153,9 @@ def test_killed_run_resumes_from_its_checkpoint_exactly(manifest_file, tmp_path)
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    metrics = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4, 6]  # every log_every steps
+    assert all(math.isfinite(m["loss"]) and m["tokens_per_s"] > 0 for m in metrics)
 
     proc = subprocess.Popen(
         _trainer_cmd(manifest_file, resumed, []), cwd=REPO, env=_env(tmp_path / "log-resumed"),

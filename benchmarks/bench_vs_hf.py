@@ -1,0 +1,227 @@
+"""NEO packed training against HF transformers Qwen3 trained the usual way: padded batches, SDPA.
+
+    .venv/bin/python benchmarks/bench_vs_hf.py                     # CUDA, bf16, NEO-2.2B, 16,384
+    .venv/bin/python benchmarks/bench_vs_hf.py --preset debug --device cpu --seq-len 2048  # smoke
+
+The trainer issue's goal: real tokens/s of NEO (one packed row per step, the NEO mask,
+FlexAttention on CUDA) at least 2x those of a HF ``Qwen3ForCausalLM`` of the same dimensions
+(hidden size, heads, head_dim, intermediate size, vocabulary, and as many layers as NEO's
+pre-Buffer + post-LLM) trained with padded batches and ``attn_implementation="sdpa"``, on the
+same GPU in the same run.
+
+The same samples on both sides. ``--packs`` rows of ``--seq-len`` tokens are built as in
+``bench_model.py`` (image-question-answer samples around one or two images of ``--grid`` x
+``--grid`` tokens, a text document filling each row exactly: no padding on the NEO side). The
+HF model gets every sample with the same token count (image tokens become ordinary ids, so it
+does at least as little work per token as NEO: no patch embedding, no H/W q/k), in a seeded
+random order, in batches formed the usual way for padded training: a batch takes samples while
+``samples x longest`` stays within ``--seq-len`` tokens (the same token budget per step as one
+NEO pack); each row is right-padded to the longest, the attention mask marks the padding, and
+the labels are the samples' own. Real tokens/s = sum of sample lengths / time, padding excluded.
+
+A step is forward + backward of the loss (gradients set to None before each step, no optimizer:
+its cost is the same on both sides). bf16 weights on CUDA (``.to(torch.bfloat16)``), fp32 on
+CPU; gradient checkpointing on both sides for the 2.2b / 9b presets. ``--compile`` also
+compiles each decoder layer on both sides (the trainer's ``train.compile``). On CPU NEO runs the
+trainer's CPU path (per-sample SDPA, ``sdpa_segments``): the CPU row shows the script works,
+not the GPU ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_model import (  # noqa: E402
+    PRESETS,
+    Pack,
+    build_model,
+    build_pack,
+    free_memory,
+    sync,
+    tokenizer,
+)
+
+
+def hf_model(cfg, device: torch.device, dtype: torch.dtype, checkpointing: bool):
+    """A HF Qwen3 with NEO's language dimensions and its layer count (pre-Buffer + post-LLM)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers + cfg.num_extra_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        max_position_embeddings=65536,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen3ForCausalLM(config)
+    model = model.to(dtype)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model.train()
+
+
+def samples_of(packs: list[Pack]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every sample of the packs as (input_ids [L], labels [L])."""
+    out = []
+    for p in packs:
+        cu = p.cu_seqlens.tolist()
+        for s, e in zip(cu[:-1], cu[1:], strict=True):
+            out.append((p.columns["input_ids"][0, s:e], p.labels[0, s:e]))
+    return out
+
+
+def padded_batches(samples, budget: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    """Seeded random order; a batch grows while ``rows x longest <= budget``; right padding."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    groups, cur = [], []
+    for i in order:
+        longest = max([len(samples[j][0]) for j in cur] + [len(samples[i][0])])
+        if cur and (len(cur) + 1) * longest > budget:
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        groups.append(cur)
+    batches = []
+    for g in groups:
+        width = max(len(samples[i][0]) for i in g)
+        ids = torch.zeros(len(g), width, dtype=torch.long)
+        labels = torch.full((len(g), width), -100, dtype=torch.long)
+        mask = torch.zeros(len(g), width, dtype=torch.long)
+        for r, i in enumerate(g):
+            x, y = samples[i]
+            ids[r, : len(x)], labels[r, : len(y)], mask[r, : len(x)] = x, y, 1
+        batches.append((ids, labels, mask))
+    return batches
+
+
+def hf_loss(model, ids, labels, mask) -> torch.Tensor:
+    """Mean cross-entropy over the labelled tokens (our labels are already shifted: HF's own
+    ``labels=`` would shift them again)."""
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100
+    )
+
+
+def timed(steps: list, repeats: int, warmup: int, device: torch.device) -> float:
+    """Seconds for one pass over ``steps`` (callables), mean of ``repeats`` after ``warmup``."""
+    for _ in range(warmup):
+        for fn in steps:
+            fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for fn in steps:
+            fn()
+    sync(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="2.2b")
+    ap.add_argument("--seq-len", type=int, default=16384)
+    ap.add_argument("--packs", type=int, default=4, help="packed rows (the sample pool)")
+    ap.add_argument("--grid", type=int, default=32, help="image side in tokens (32 = 1024 px)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed passes over every batch")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed passes (compilation)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--compile", action="store_true", help="compile each decoder layer, both sides")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    checkpointing = args.checkpointing == "on" or (
+        args.checkpointing == "auto" and args.preset != "debug"
+    )
+    cfg = PRESETS[args.preset]()
+    tok = tokenizer()
+    packs = [
+        build_pack(tok, args.seq_len, args.grid, cfg.image_factor, seed=args.seed + k).to(device)
+        for k in range(args.packs)
+    ]
+    real = sum(p.length for p in packs)
+
+    # HF Qwen3, padded batches, SDPA (the baseline) -------------------------------------------
+    model = hf_model(cfg, device, dtype, checkpointing)
+    if args.compile:
+        for layer in model.model.layers:
+            layer.compile()
+    batches = [tuple(t.to(device) for t in b) for b in
+               padded_batches(samples_of(packs), args.seq_len, args.seed)]  # fmt: skip
+    padded = sum(int(b[0].numel()) for b in batches)
+
+    def hf_step(m, b) -> None:
+        m.zero_grad(set_to_none=True)
+        hf_loss(m, *b).backward()
+
+    free_memory(device)
+    hf_s = timed(
+        [lambda b=b, m=model: hf_step(m, b) for b in batches], args.repeats, args.warmup, device
+    )
+    hf_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    del model
+    free_memory(device)
+
+    # NEO, one packed row per step ------------------------------------------------------------
+    neo = build_model(cfg, device, dtype, checkpointing).train()
+    if args.compile:
+        for layer in neo.language_model.model.layers:
+            layer.compile()
+    backend = "flex" if device.type == "cuda" else "sdpa_segments"
+
+    def neo_step(p: Pack) -> None:
+        neo.zero_grad(set_to_none=True)
+        out = neo(**p.columns, cu_seqlens=p.cu_seqlens, pixel_values=p.images, labels=p.labels,
+                  backend=backend)  # fmt: skip
+        out.loss.backward()
+
+    neo_s = timed([lambda p=p: neo_step(p) for p in packs], args.repeats, args.warmup, device)
+    neo_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"NEO {args.preset} vs HF Qwen3 ({cfg.num_extra_layers}+{cfg.num_hidden_layers} layers, "
+        f"hidden {cfg.hidden_size}) on {name}, {str(dtype).removeprefix('torch.')}, "
+        f"torch {torch.__version__}; checkpointing {'on' if checkpointing else 'off'}, "
+        f"compile {'on' if args.compile else 'off'}"
+    )
+    n_samples = sum(len(p.sample_lengths) for p in packs)
+    print(
+        f"{n_samples} samples, {real:,} real tokens ({sum(p.image_tokens for p in packs):,} "
+        f"image tokens) in {args.packs} packs of {args.seq_len:,}; HF: {len(batches)} padded "
+        f"batches, {padded:,} tokens with padding ({1 - real / padded:.1%} padding)"
+    )
+    print(f"{'model':<44}{'steps':>6}{'s/pass':>9}{'real tok/s':>12}{'vs HF':>7}{'peak GiB':>10}")
+    for label, steps, secs, peak in (
+        ("HF Qwen3, padded batches, SDPA (baseline)", len(batches), hf_s, hf_peak),
+        (f"NEO, packed rows, NEO mask ({backend})", len(packs), neo_s, neo_peak),
+    ):
+        peak_s = f"{peak:>10.1f}" if peak is not None else f"{'-':>10}"
+        print(f"{label:<44}{steps:>6}{secs:>9.2f}{real / secs:>12,.0f}{hf_s / secs:>7.2f}{peak_s}")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,8 @@ worker thread, so the server keeps answering ``/health`` and rejecting bad reque
 ``stream: true`` is answered in the server-sent-events format of the API (a role chunk, a
 content chunk per generated token as it comes -- text that may still turn into a stop string
 or is half a UTF-8 character waits --, a final chunk with ``finish_reason`` and usage,
-``[DONE]``). A streaming client that disconnects stops its row.
+``[DONE]``). A streaming client that disconnects is dropped; a batch whose clients have all
+gone stops generating.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import binascii
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
@@ -489,7 +490,7 @@ def usage(answer: Answer) -> dict[str, int]:
 
 
 async def sse_chunks(
-    deltas: AsyncIterator[Delta], cid: str, created: int, model: str
+    deltas: AsyncGenerator[Delta, None], cid: str, created: int, model: str
 ) -> AsyncIterator[bytes]:
     """The API's server-sent events: a role chunk, a content chunk per delta as the tokens come,
     a final chunk with ``finish_reason`` and usage, ``[DONE]``."""
@@ -519,4 +520,6 @@ async def sse_chunks(
                 yield chunk({}, d.finish_reason, usage=usage_)
     except Exception as e:  # noqa: BLE001 -- headers are sent: the error goes in the stream
         yield f"data: {json.dumps(error_body(f'generation failed: {e}', 500))}\n\n".encode()
+    finally:
+        await deltas.aclose()  # a client gone mid-stream: its job is marked cancelled
     yield b"data: [DONE]\n\n"

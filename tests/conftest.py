@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
-from helpers import free_port  # noqa: E402
+from helpers import free_port, netns_unavailable  # noqa: E402
 
 # CI runs the property tests on a fixed set of examples (a red CI is reproducible); locally they
 # explore new examples every run.
@@ -143,3 +143,15 @@ def demo_packed(ray_local, tmp_path_factory) -> str:
     )
     run_pack(manifest)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def netns() -> None:
+    """Skip (fail under CI) when this machine does not let us create a network namespace
+    (``helpers.UNSHARE``). List it first so the check runs before costly fixtures."""
+    why = netns_unavailable()
+    if why is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (CI must run this test: run it as root or with CAP_SYS_ADMIN)")
+    pytest.skip(why)

@@ -93,3 +93,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# A network namespace (only `lo`) and a PID namespace whose init is the command: if it dies,
+# however it dies, the kernel ends every process it started; and if `unshare` is killed,
+# --kill-child kills the command. For servers that bind every address (Ray's second node,
+# torchrun's store): inside, every address is the loopback.
+UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+def netns_unavailable() -> str | None:
+    """Why ``UNSHARE`` cannot run here, or None when it can."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return "`unshare` (util-linux) is not installed"
+    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True)
+    if probe.returncode == 0:
+        return None
+    return f"`{' '.join(UNSHARE)}` is not permitted here: {probe.stderr.strip()}"

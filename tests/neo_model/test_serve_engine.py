@@ -4,6 +4,7 @@ alone, per-token streaming, stop strings never leak into a stream."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
@@ -150,3 +151,34 @@ def test_held_back_counts_the_longest_stop_prefix():
     assert _held_back("abcEN", ["END", "NX"]) == 2
     assert _held_back("abc", ["END"]) == 0
     assert _held_back("abc", []) == 0
+
+
+class SlowModel:
+    """The model behind a 30 ms delay per forward call, counting the calls."""
+
+    def __init__(self, model: NeoChatModel):
+        self.model, self.calls = model, 0
+        self.language_model, self.config = model.language_model, model.config
+
+    def __call__(self, *args, **kwargs):
+        time.sleep(0.03)
+        self.calls += 1
+        return self.model(*args, **kwargs)
+
+
+def test_a_client_that_leaves_stops_its_batch(model, tok):
+    slow = SlowModel(model)
+
+    async def main():
+        engine = Engine(slow, tok, settings())
+        events = engine.events(engine.submit(request("Tell me a long story.", 30)))
+        first = await anext(events)
+        await events.aclose()  # what the server does when a streaming client disconnects
+        await asyncio.sleep(0.5)
+        calls = slow.calls
+        await asyncio.sleep(0.3)
+        return first, calls, slow.calls
+
+    first, calls, later = asyncio.run(main())
+    assert first.finish_reason is None
+    assert calls == later < 30  # stopped, well before its 30 tokens

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import UNSHARE, free_port
 
 from neo_data.loader import PackOrder, PackStream
 from neo_data.train_spec import TrainSpec
@@ -192,3 +194,47 @@ def test_killed_run_resumes_from_its_checkpoint_exactly(manifest_file, tmp_path)
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
         "step-00000002", "step-00000004", "step-00000006",
     ]  # fmt: skip
+
+
+def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(
+    netns, manifest_file, tmp_path
+):
+    """``torchrun`` with 2 CPU ranks (gloo) trains on the very packs, and to the same weights,
+    as one process taking both ranks' packs per step (``packs_per_step: 2``): the step's loss
+    is normalised by the weight total over every rank, so data parallelism changes nothing
+    but the summation order. torchrun's store binds every address, so it runs in a network
+    namespace of its own (only ``lo``)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    sets = ["train.steps=3", "train.checkpoint_every=3"]
+    run = subprocess.run(
+        _trainer_cmd(manifest_file, one, [*sets, "train.packs_per_step=2"]), cwd=REPO,
+        env=_env(tmp_path / "log-one"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    torchrun = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}", "-m", "neo_model.trainer",
+    ]  # fmt: skip
+    trainer_args = _trainer_cmd(manifest_file, two, sets)[3:]  # after `python -m neo_model.trainer`
+    script = "ip link set lo up && exec " + " ".join(
+        shlex.quote(a) for a in torchrun + trainer_args
+    )
+    run = subprocess.run(
+        [*UNSHARE, "sh", "-c", script], cwd=REPO, env=_env(tmp_path / "log-two"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 ranks on cpu" in run.stderr
+
+    one_log = _log(tmp_path / "log-one")
+    two_logs = [_log(tmp_path / "log-two", rank) for rank in (0, 1)]
+    for rank, log in enumerate(two_logs):  # rank r trains global positions r, r + 2, ...
+        assert [x["position"] for x in log] == [rank, rank + 2, rank + 4]
+    merged = sorted((x["step"], x["position"], x["pack_id"]) for log in two_logs for x in log)
+    assert merged == sorted((x["step"], x["position"], x["pack_id"]) for x in one_log)
+
+    # Adam moves a weight by about lr (1e-3) a step whatever the gradient's scale: a rank
+    # weighted wrongly would show as differences of that size; summation order gives ~1e-5.
+    a, b = from_pretrained(one / "export"), from_pretrained(two / "export")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)

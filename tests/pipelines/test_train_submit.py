@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,13 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import UNSHARE
 
 pytestmark = pytest.mark.slow
 SCENARIO = Path(__file__).with_name("two_node_scenario.py")
-# A network namespace (only `lo`) and a PID namespace whose init is the scenario: if it dies,
-# however it dies, the kernel ends the Ray nodes and the job it started; and if `unshare` is
-# killed, --kill-child kills the scenario.
-UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,22 +32,6 @@ def _scenario_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="session")
-def netns() -> None:
-    """Skip (fail under CI) when this machine does not let us create a network namespace.
-    Session-scoped and listed first so the check runs before the packed dataset is built."""
-    if shutil.which("unshare") is None:
-        why = "`unshare` (util-linux) is not installed"
-    else:
-        probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True)
-        if probe.returncode == 0:
-            return
-        why = f"`{' '.join(UNSHARE)}` is not permitted here: {probe.stderr.strip()}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{why} (CI must run this test: run it as root or with CAP_SYS_ADMIN)")
-    pytest.skip(why)
 
 
 def _stop(unshare: subprocess.Popen) -> None:

@@ -12,6 +12,10 @@ training thread:
   ``<output>/checkpoints/step-XXXXXXXX/``; each rank marks its part done with
   ``.done-rank<r>``, and a checkpoint is complete (and eligible for resume) only when every rank
   of its world has marked it.
+
+Restoring reads the checkpoint where it is (``restore()`` returns its URL): DCP reads each
+rank's items by byte range -- from a local directory, or from ``s3://`` through fsspec -- so a
+rank fetches its own shards, not the whole checkpoint.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ TRAINER_STATE = "trainer_state.json"
 
 
 class CheckpointStore(Protocol):
-    def restore(self) -> Path | None:
-        """A local directory holding the latest complete checkpoint (all ranks' files), or None."""
+    def restore(self) -> str | None:
+        """The URL (local path or ``s3://``) of the latest complete checkpoint, or None."""
 
     def publish(self, local_dir: Path, step: int, metrics: dict[str, Any]) -> None:
         """Hand a saved checkpoint directory over for upload (it may be deleted afterwards)."""
@@ -47,15 +51,20 @@ class CheckpointStore(Protocol):
 class RayStore:
     """Checkpoints through Ray Train (storage, keep-N and restarts are Ray's)."""
 
-    def restore(self) -> Path | None:
+    def restore(self) -> str | None:
+        import pyarrow.fs
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
-        local = Path(tempfile.mkdtemp(prefix="neo-restore-"))
+        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+            return checkpoint.path
+        if isinstance(checkpoint.filesystem, pyarrow.fs.S3FileSystem):
+            return f"s3://{checkpoint.path}"  # our storage(): same endpoint settings as fsspec's
+        local = Path(tempfile.mkdtemp(prefix="neo-restore-"))  # another filesystem: a copy
         checkpoint.to_directory(str(local))
-        return local
+        return str(local)
 
     def publish(self, local_dir: Path, step: int, metrics: dict[str, Any]) -> None:
         import ray.train
@@ -105,14 +114,13 @@ class FsspecStore:
                 done.append(d)
         return done
 
-    def restore(self) -> Path | None:
+    def restore(self) -> str | None:
         done = self._complete()
         if not done:
             return None
-        local = Path(tempfile.mkdtemp(prefix="neo-restore-"))
-        self.fs.get(done[-1].rstrip("/") + "/", str(local) + "/", recursive=True)
-        log.info("restoring from %s", done[-1])
-        return local
+        url = done[-1] if "://" not in self.url else f"{self.url.split('://')[0]}://{done[-1]}"
+        log.info("restoring from %s", url)
+        return url
 
     def publish(self, local_dir: Path, step: int, metrics: dict[str, Any]) -> None:
         self.close()  # one upload at a time; raises if the previous one failed

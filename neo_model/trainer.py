@@ -52,7 +52,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from neo_data.loader import LoadedPack, PackStream
 from neo_data.manifest import Manifest
-from neo_data.shards import join
+from neo_data.shards import is_local, join, url_to_fs
 from neo_data.train_spec import TrainSpec
 from neo_model import config as presets
 from neo_model.attention import PAD_SAMPLE
@@ -254,12 +254,21 @@ def save_checkpoint(model, opt, step: int, cursor: int, env: Env, store: Checkpo
     store.publish(local, step, metrics)
 
 
-def load_checkpoint(model, opt, local: Path) -> dict:
+def load_checkpoint(model, opt, url: str) -> dict:
+    """Load a DCP checkpoint in place (local path or ``s3://``: each rank reads its items by
+    byte range); returns its trainer state."""
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-    dcp.load(state, checkpoint_id=str(local))
+    fs, root = url_to_fs(url)
+    if is_local(fs):
+        dcp.load(state, checkpoint_id=root)
+    else:
+        # torch 2.13 keeps DCP's fsspec reader here (no public re-export)
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+        dcp.load(state, storage_reader=FsspecReader(url))
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, opt, state["optim"])
-    return json.loads((local / TRAINER_STATE).read_text())
+    return json.loads(fs.cat_file(join(root, TRAINER_STATE)))
 
 
 def export(model: NeoChatModel, config: NeoConfig, url: str, rank: int) -> None:

@@ -238,3 +238,20 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(
     a, b = from_pretrained(one / "export"), from_pretrained(two / "export")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_a_run_on_s3_resumes_from_its_checkpoint_read_in_place(manifest_file, s3_bucket, tmp_path):
+    """One process, checkpoints on S3 (moto): a second run of the same output with more steps
+    restores the step-2 checkpoint straight from S3 (DCP's fsspec reader, no local copy) and
+    trains on the very next packs."""
+    out = f"{s3_bucket}/resume"
+    log_dir = tmp_path / "log"
+    for steps in (2, 4):
+        run = subprocess.run(
+            _trainer_cmd(manifest_file, out, [f"train.steps={steps}", "train.checkpoint_every=2"]),
+            cwd=REPO, env=_env(log_dir), capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert "from step 2 (cursor 2)" in run.stderr
+    assert f"restoring from {out}/checkpoints/step-00000002" in run.stderr
+    assert [x["position"] for x in _log(log_dir)] == [0, 1, 2, 3]

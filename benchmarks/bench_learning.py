@@ -221,6 +221,8 @@ def train_lm(
         opt.zero_grad(set_to_none=True)
         if step % 10 == 0 or step == steps:
             curve.append({"step": step, "loss": float(loss.detach()) / n})
+        if step % 50 == 0:
+            print(f"[bench] language model step {step}: loss {curve[-1]['loss']:.3f}", flush=True)
     model.save_pretrained(out)
     return curve
 
@@ -417,6 +419,17 @@ def untrained_export(lm_dir: Path, out: Path, pre_buffer: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def progress(name: str, e: dict[str, Any], seconds: float) -> None:
+    d = e["describe"]
+    print(
+        f"[bench] {name}: {seconds:.0f} s; held-out loss {e['loss']:.3f} (shuffled images "
+        f"{e['loss_shuffled']:.3f}); exact {d['exact']:.1%}, "
+        + ", ".join(f"{a} {d[a]:.0%}" for a in ATTRS)
+        + f"; QA {e['qa']:.1%}",
+        flush=True,
+    )
+
+
 def curve_points(metrics: list[dict], n: int = 6) -> str:
     if not metrics:
         return "-"
@@ -516,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
     )  # fmt: skip
     lm_loss = lm_caption_loss(lm_dir, tok, held)
+    print(f"[bench] language model: {args.lm_steps} steps, {time.perf_counter() - t0:.0f} s, held-out "
+          f"caption loss from text alone {lm_loss:.3f}", flush=True)  # fmt: skip
     timings["lm"] = time.perf_counter() - t0
 
     pixels = args.image_size * args.image_size
@@ -524,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         untrained_export(lm_dir, out / "models" / "neo-init", 2), tok, held, images, qas,
         eval_urls, pixels,
     )  # fmt: skip
+    progress("init", results["init"], 0.0)
     previous = {"kind": "qwen3", "path": str(lm_dir), "pre_buffer_layers": 2}
     curves: dict[str, list[dict]] = {}
     for stage, steps, lr in zip(STAGES, args.steps, args.lr, strict=True):
@@ -546,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         export = str(run_dir / "export")
         results[stage] = evaluate(export, tok, held, images, qas, eval_urls, pixels)
+        progress(stage, results[stage], timings[stage])
         previous = {"kind": "neo", "path": export}
     timings["total"] = time.perf_counter() - t_all
     results["curves"], results["timings"] = curves, timings

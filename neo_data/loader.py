@@ -11,6 +11,12 @@ every rank. A resumed run starts there, and trains on exactly the packs an unint
 have trained on next (with the same world size the same packs land on the same ranks; with a
 different one it still continues with the next untrained packs).
 
+A run may blend several packed datasets with weights (``train.data: [{path, weight}, ...]``,
+the stage's mixture): :class:`BlendOrder` interleaves them deterministically -- dataset ``d``'s
+``k``-th pack sits at time ``(k + 0.5) / w_d`` and positions follow time -- so every prefix of the
+order holds each dataset within one pack of its share, and a position still names one pack
+(dataset ``d``, its own ``k``-th pack in its own seeded epochs): the cursor stays one integer.
+
 Ray Data cannot resume an iterator part way (see environment facts), so the trainer owns this
 cursor; reading is a few range requests per pack (one Parquet row group each) with a small
 thread pool ahead of the consumer, which keeps object-store latency off the step.
@@ -19,8 +25,9 @@ thread pool ahead of the consumer, which keeps object-store latency off the step
 from __future__ import annotations
 
 import io
+import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +48,7 @@ class LoadedPack:
     ``[H, W, 3]`` arrays (already at their smart-resize size), plus where it came from."""
 
     position: int  # global position in the run's order
-    shard: int
+    shard: int  # of its dataset (``dataset``: index into the run's blend, 0 without one)
     index: int  # pack (row group) within the shard
     pack_id: str
     columns: dict[str, np.ndarray]  # TOKEN_COLUMNS, each [num_tokens]
@@ -49,6 +56,7 @@ class LoadedPack:
     images: list[np.ndarray]
     sample_ids: list[str]
     num_supervised: int
+    dataset: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -90,11 +98,67 @@ class PackOrder:
         return self.refs[int(self.permutation(epoch)[k])]
 
 
+class BlendOrder:
+    """A deterministic interleaving of datasets with weights ``w`` (normalised to sum 1).
+
+    Dataset ``d``'s ``k``-th item has the key ``(k + 0.5) / w_d``; the blend is every item
+    sorted by ``(key, d)``, and :meth:`at` finds the item at a position without walking the
+    ones before it (a binary search per dataset), so resuming at position 10**9 costs what
+    position 0 does. In any prefix of ``n`` positions dataset ``d`` has ``n * w_d`` items,
+    within one.
+    """
+
+    def __init__(self, weights: Sequence[float]):
+        w = np.asarray(weights, dtype=np.float64)
+        if w.ndim != 1 or not len(w) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError(f"blend weights must be positive numbers, got {list(weights)}")
+        self.w = (w / w.sum()).tolist()
+
+    def key(self, d: int, k: int) -> float:
+        return (k + 0.5) / self.w[d]
+
+    def _before(self, e: int, x: float, inclusive: bool) -> int:
+        """How many items of dataset ``e`` have a key below ``x`` (or equal, ``inclusive``)."""
+
+        def ahead(k: int) -> bool:
+            key = self.key(e, k)
+            return key <= x if inclusive else key < x
+
+        c = max(0, math.ceil(x * self.w[e] - 0.5))  # the estimate; fixed up against key()
+        while c > 0 and not ahead(c - 1):
+            c -= 1
+        while ahead(c):
+            c += 1
+        return c
+
+    def rank(self, d: int, k: int) -> int:
+        """The position of dataset ``d``'s ``k``-th item."""
+        x = self.key(d, k)
+        return k + sum(self._before(e, x, e < d) for e in range(len(self.w)) if e != d)
+
+    def at(self, position: int) -> tuple[int, int]:
+        """``(dataset, k)``: the item at ``position``."""
+        if position < 0:
+            raise ValueError(f"position {position} < 0")
+        for d in range(len(self.w)):
+            lo, hi = 0, position  # rank(d, k) >= k, so k <= position
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self.rank(d, mid) < position:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if self.rank(d, lo) == position:
+                return d, lo
+        raise AssertionError(f"no item at position {position}")  # ranks cover every position
+
+
 class PackStream:
     """The packs of one rank, from global position ``start`` on (see the module docstring).
 
     Args:
-        url: packed dataset root (local path or ``s3://``), as written by the pack job.
+        url: packed dataset root (local path or ``s3://``), as written by the pack job; or a
+            blend, ``[(url, weight), ...]`` (:class:`BlendOrder`).
         rank, world_size: this rank among the data-parallel ranks.
         seed: fixes the order; the same seed and dataset give the same packs everywhere.
         start: the first global position of this run (a checkpoint's cursor, 0 for a new run).
@@ -103,7 +167,7 @@ class PackStream:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[tuple[str, float]],
         rank: int = 0,
         world_size: int = 1,
         *,
@@ -114,12 +178,19 @@ class PackStream:
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
-        self.dataset = PackedDataset(url, **(storage_options or {}))
+        sources = [(url, 1.0)] if isinstance(url, str) else list(url)
+        self.datasets = [PackedDataset(u, **(storage_options or {})) for u, _ in sources]
+        # each dataset its own seeded epochs (seed + d: two blended copies do not move in step)
+        self.orders = [
+            PackOrder([s["packs"] for s in ds.shards], seed + d)
+            for d, ds in enumerate(self.datasets)
+        ]
+        self.blend = BlendOrder([w for _, w in sources]) if len(sources) > 1 else None
+        self.dataset, self.order = self.datasets[0], self.orders[0]
         self.rank, self.world_size = rank, world_size
-        self.order = PackOrder([s["packs"] for s in self.dataset.shards], seed)
         self.start = start
         self.prefetch = max(1, prefetch)
-        self._metadata: dict[int, pq.FileMetaData] = {}
+        self._metadata: dict[tuple[int, int], pq.FileMetaData] = {}
 
     def positions(self, start: int | None = None) -> Iterator[int]:
         p = (self.start if start is None else start) + self.rank
@@ -138,14 +209,18 @@ class PackStream:
 
     def load(self, position: int) -> LoadedPack:
         """Read and decode the pack at one global position."""
-        shard, index = self.order.at(position)
-        path = join(self.dataset.root, self.dataset.shards[shard]["path"])
-        with self.dataset.fs.open(path, "rb") as f:
-            if shard not in self._metadata:
-                self._metadata[shard] = pq.read_metadata(f)
+        d, k = self.blend.at(position) if self.blend is not None else (0, position)
+        shard, index = self.orders[d].at(k)
+        dataset = self.datasets[d]
+        path = join(dataset.root, dataset.shards[shard]["path"])
+        with dataset.fs.open(path, "rb") as f:
+            if (d, shard) not in self._metadata:
+                self._metadata[(d, shard)] = pq.read_metadata(f)
                 f.seek(0)
-            row = pq.ParquetFile(f, metadata=self._metadata[shard]).read_row_group(index)
-        return decode_pack(row.to_pylist()[0], position, shard, index, path)
+            row = pq.ParquetFile(f, metadata=self._metadata[(d, shard)]).read_row_group(index)
+        pack = decode_pack(row.to_pylist()[0], position, shard, index, path)
+        pack.dataset = d
+        return pack
 
 
 def decode_pack(row: dict, position: int, shard: int, index: int, where: str) -> LoadedPack:

@@ -45,9 +45,19 @@ class InitSpec(Strict):
         return self
 
 
+class MixtureEntry(Strict):
+    """One packed dataset of a stage's mixture and its share of the packs trained on."""
+
+    path: str  # a packed dataset (local path or s3://)
+    weight: Annotated[float, Field(gt=0)]  # relative; normalised over the list
+
+
 class TrainSpec(Strict):
     init: InitSpec
-    data: str | None = None  # packed dataset; default: the manifest's data.packed
+    # the packed dataset (default: the manifest's data.packed), or a mixture of several:
+    # [{path: ..., weight: 0.7}, {path: ..., weight: 0.3}] -- packs blended by weight, the
+    # order still seeded and resumable (neo_data.loader.BlendOrder)
+    data: str | Annotated[list[MixtureEntry], Field(min_length=1)] | None = None
     output: str  # the run's storage: checkpoints/ and export/ (local path or s3://)
     steps: Annotated[int, Field(gt=0)]
     packs_per_step: Annotated[int, Field(gt=0)] = 1  # per rank (gradient accumulation)
@@ -75,6 +85,22 @@ class TrainSpec(Strict):
     )
     log_every: Annotated[int, Field(gt=0)] = 10
     peak_tflops: Annotated[float, Field(gt=0)] = 989.0  # per device, for MFU (H100 bf16 dense)
+
+    @model_validator(mode="after")
+    def _distinct_mixture(self) -> TrainSpec:
+        if isinstance(self.data, list):
+            paths = [e.path.rstrip("/") for e in self.data]
+            twice = sorted({p for p in paths if paths.count(p) > 1})
+            if twice:
+                raise ValueError(f"data: {twice[0]!r} is listed twice (give it one weight)")
+        return self
+
+    def sources(self, default: str) -> list[tuple[str, float]]:
+        """``[(packed dataset URL, weight)]``: ``data`` (one dataset or a mixture) else
+        ``default`` (the manifest's ``data.packed``)."""
+        if isinstance(self.data, list):
+            return [(e.path, e.weight) for e in self.data]
+        return [(self.data or default, 1.0)]
 
     def resolved_lr(self, stage: str) -> tuple[float, float]:
         """(peak learning rate, minimum-LR ratio) with the stage's defaults filled in."""

@@ -52,12 +52,18 @@ def _absolute(url: str | None) -> str | None:
     return url if url is None or "://" in url else os.path.abspath(url)
 
 
+def _absolute_data(data):
+    if isinstance(data, list):
+        return [e.model_copy(update={"path": _absolute(e.path)}) for e in data]
+    return _absolute(data)
+
+
 def absolute_paths(manifest: Manifest) -> Manifest:
     """Local paths made absolute on the driver: Ray workers do not share its working directory."""
     spec = manifest.train
     init = spec.init.model_copy(update={"path": _absolute(spec.init.path)})
     train = spec.model_copy(
-        update={"init": init, "output": _absolute(spec.output), "data": _absolute(spec.data)}
+        update={"init": init, "output": _absolute(spec.output), "data": _absolute_data(spec.data)}
     )
     data = manifest.data.model_copy(update={"packed": _absolute(manifest.data.packed)})
     return manifest.model_copy(update={"train": train, "data": data})

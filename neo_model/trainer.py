@@ -321,10 +321,11 @@ def train_worker(config: dict[str, Any]) -> None:
             "stage %s: %d ranks on %s, %d trainable tensors, %s from step %d (cursor %d)",
             stage, env.world_size, env.device, len(trained), manifest.name, step, cursor,
         )  # fmt: skip
-    data_url = spec.data or manifest.data.packed
+    sources = spec.sources(manifest.data.packed)
     stream_source = PackStream(
-        data_url, env.rank, env.world_size, seed=spec.seed, start=cursor, prefetch=4
+        sources, env.rank, env.world_size, seed=spec.seed, start=cursor, prefetch=4
     )
+    pixels = _pixel_budget(stream_source, sources)
     stream = iter(stream_source)
     pad_to = spec.pad_to_multiple if env.device.type == "cuda" else 1
     pack_log = _open_pack_log(env.rank)
@@ -368,6 +369,7 @@ def train_worker(config: dict[str, Any]) -> None:
                     "step": step,
                     "position": p.position,
                     "pack_id": p.pack_id,
+                    "dataset": p.dataset,
                     "pid": os.getpid(),
                 }
                 pack_log.write(json.dumps(rec) + "\n")
@@ -395,7 +397,6 @@ def train_worker(config: dict[str, Any]) -> None:
     if metrics_log is not None:
         metrics_log.close()
     # the export carries the pixel budget it was trained with (neo chat and serve use it)
-    pixels = stream_source.dataset.index.get("pixels", {})
     if pixels:
         cfg = cfg.replace(min_pixels=pixels["min"], max_pixels=pixels["max"])
     export(model, cfg, join(spec.output, EXPORT_DIR), env.rank)
@@ -403,6 +404,20 @@ def train_worker(config: dict[str, Any]) -> None:
         log.info(
             "stage %s done: %d steps; export in %s", stage, step, join(spec.output, EXPORT_DIR)
         )
+
+
+def _pixel_budget(stream: PackStream, sources: list[tuple[str, float]]) -> dict:
+    """The pixel budget the packs were made with (the export carries it); the datasets of a
+    mixture must agree, as one model resizes images one way at inference."""
+    budgets = [ds.index.get("pixels", {}) for ds in stream.datasets]
+    for (url, _), budget in zip(sources[1:], budgets[1:], strict=True):
+        if budget != budgets[0]:
+            raise ValueError(
+                f"train.data: {url} was packed with pixels {budget}, {sources[0][0]} with "
+                f"{budgets[0]}; the datasets of a mixture need the same pack.min_pixels and "
+                "pack.max_pixels"
+            )
+    return budgets[0]
 
 
 def _autocast(device: torch.device):

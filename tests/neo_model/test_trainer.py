@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,12 +18,12 @@ import pytest
 import torch
 from helpers import UNSHARE, free_port
 
-from neo_data.loader import PackOrder, PackStream
+from neo_data.loader import BlendOrder, PackOrder, PackStream
 from neo_data.train_spec import TrainSpec
 from neo_model.config import debug
 from neo_model.model import NeoChatModel
 from neo_model.stages import POST_LLM_HW, set_trainable, trainable_names
-from neo_model.trainer import lr_factor
+from neo_model.trainer import _pixel_budget, lr_factor
 from neo_model.weights import from_pretrained
 
 REPO = Path(__file__).resolve().parents[2]
@@ -255,3 +256,34 @@ def test_a_run_on_s3_resumes_from_its_checkpoint_read_in_place(manifest_file, s3
     assert "from step 2 (cursor 2)" in run.stderr
     assert f"restoring from {out}/checkpoints/step-00000002" in run.stderr
     assert [x["position"] for x in _log(log_dir)] == [0, 1, 2, 3]
+
+
+def test_a_stage_trains_on_a_mixture_of_packed_datasets(manifest_file, tiny_packed, tmp_path):
+    """``train.data`` as a mixture: the packs come from both datasets in the blend's order."""
+    other = tmp_path / "other-packed"
+    shutil.copytree(tiny_packed, other)
+    mixture = f"[{{path: {tiny_packed}, weight: 3}}, {{path: {other}, weight: 1}}]"
+    run = subprocess.run(
+        _trainer_cmd(manifest_file, tmp_path / "out",
+                     ["train.steps=4", "train.checkpoint_every=4", f"train.data={mixture}"]),
+        cwd=REPO, env=_env(tmp_path / "log"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    logged = [(x["position"], x["dataset"]) for x in _log(tmp_path / "log")]
+    blend = BlendOrder([3, 1])
+    assert logged == [(p, blend.at(p)[0]) for p in range(4)]
+    assert {d for _, d in logged} == {0, 1}
+
+
+def test_a_mixture_of_datasets_packed_for_different_pixels_is_refused():
+    class Dataset:
+        def __init__(self, lo: int, hi: int):
+            self.index = {"pixels": {"min": lo, "max": hi}}
+
+    class Stream:
+        datasets = [Dataset(1024, 4096), Dataset(1024, 8192)]
+
+    with pytest.raises(
+        ValueError, match=r"train.data: b/packed was packed with pixels .*max.*8192"
+    ):
+        _pixel_budget(Stream(), [("a/packed", 1.0), ("b/packed", 1.0)])

@@ -1,6 +1,6 @@
 """Does a debug NEO learn? Three stages on synthetic shapes, evaluated on held-out images.
 
-    python benchmarks/bench_learning.py [--out runs/bench-learning] [--steps 400 300 200]
+    python benchmarks/bench_learning.py [--out runs/bench-learning] [--steps 300 600 300]
 
 What runs, all on this CPU and through the product's own code paths:
 
@@ -445,11 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--held-out", type=int, default=200)
     ap.add_argument("--groups", type=int, default=1, help="shape groups per scene, at most")
     ap.add_argument("--turns", type=int, default=3, help="question/answer pairs per conversation")
-    ap.add_argument("--image-size", type=int, default=128, help="px (128: 16 image tokens)")
+    ap.add_argument("--image-size", type=int, default=96, help="px (96: 3x3 tokens, a token a cell)")
     ap.add_argument("--seq-len", type=int, default=1024)
-    ap.add_argument("--lm-steps", type=int, default=300)
-    ap.add_argument("--steps", type=int, nargs=3, default=[400, 300, 200], metavar="N")
-    ap.add_argument("--lr", type=float, nargs=3, default=[2e-3, 1e-3, 5e-4], metavar="LR")
+    ap.add_argument("--lm-steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, nargs=3, default=[300, 600, 300], metavar="N")
+    ap.add_argument("--lr", type=float, nargs=3, default=[3e-3, 2e-3, 1e-3], metavar="LR")
     ap.add_argument("--lm-lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="reuse data and stages already in --out")

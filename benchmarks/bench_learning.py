@@ -58,9 +58,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
 from PIL import Image
@@ -69,10 +68,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from neo_data import demo  # noqa: E402
-from neo_data.schema import CURATED_SCHEMA  # noqa: E402
 from neo_data.tokens import load_tokenizer, render_turns  # noqa: E402
 
 STAGES = ("pretrain", "midtrain", "sft")
+LOCAL = fsspec.filesystem("file")
 DESCRIBE = demo.DESCRIBE_QUESTION
 
 
@@ -122,7 +121,7 @@ def conversation(scene: demo.Scene, rng: random.Random, turns: int) -> list[dict
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=CURATED_SCHEMA), path)
+    demo._write_rows(LOCAL, str(path), rows)  # the demo dataset's writer (curated schema)
     return str(path)
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -46,7 +45,7 @@ from bench_model import (  # noqa: E402
     build_model,
     build_pack,
     free_memory,
-    sync,
+    time_per_call,
     tokenizer,
 )
 
@@ -123,18 +122,10 @@ def hf_loss(model, ids, labels, mask) -> torch.Tensor:
     )
 
 
-def timed(steps: list, repeats: int, warmup: int, device: torch.device) -> float:
-    """Seconds for one pass over ``steps`` (callables), mean of ``repeats`` after ``warmup``."""
-    for _ in range(warmup):
-        for fn in steps:
-            fn()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        for fn in steps:
-            fn()
-    sync(device)
-    return (time.perf_counter() - t0) / repeats
+def one_pass(steps: list) -> None:
+    """Every step once (timed as one call by ``bench_model.time_per_call``)."""
+    for fn in steps:
+        fn()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,11 +169,10 @@ def main(argv: list[str] | None = None) -> None:
         hf_loss(m, *b).backward()
 
     free_memory(device)
-    hf_s = timed(
-        [lambda b=b, m=model: hf_step(m, b) for b in batches], args.repeats, args.warmup, device
-    )
+    hf_steps = [lambda b=b, m=model: hf_step(m, b) for b in batches]
+    hf_s = time_per_call(lambda s=hf_steps: one_pass(s), args.repeats, args.warmup, device)
     hf_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    del model
+    del model, hf_steps
     free_memory(device)
 
     # NEO, one packed row per step ------------------------------------------------------------
@@ -198,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
                   backend=backend)  # fmt: skip
         out.loss.backward()
 
-    neo_s = timed([lambda p=p: neo_step(p) for p in packs], args.repeats, args.warmup, device)
+    neo_steps = [lambda p=p: neo_step(p) for p in packs]
+    neo_s = time_per_call(lambda: one_pass(neo_steps), args.repeats, args.warmup, device)
     neo_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

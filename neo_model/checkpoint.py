@@ -118,7 +118,7 @@ class FsspecStore:
         done = self._complete()
         if not done:
             return None
-        url = done[-1] if "://" not in self.url else f"{self.url.split('://')[0]}://{done[-1]}"
+        url = done[-1] if "://" not in self.url else self.fs.unstrip_protocol(done[-1])
         log.info("restoring from %s", url)
         return url
 

@@ -481,7 +481,7 @@ def parse_request(body: bytes) -> ChatRequest:
         raise BadRequest(f"{param}: {err['msg']}{extra}", param or None) from e
 
 
-def usage(answer: Answer) -> dict[str, int]:
+def usage(answer: Answer | Delta) -> dict[str, int]:
     return {
         "prompt_tokens": answer.prompt_tokens,
         "completion_tokens": answer.completion_tokens,
@@ -512,12 +512,7 @@ async def sse_chunks(
             if d.text:
                 yield chunk({"content": d.text})
             if d.finish_reason is not None:
-                usage_ = {
-                    "prompt_tokens": d.prompt_tokens,
-                    "completion_tokens": d.completion_tokens,
-                    "total_tokens": d.prompt_tokens + d.completion_tokens,
-                }
-                yield chunk({}, d.finish_reason, usage=usage_)
+                yield chunk({}, d.finish_reason, usage=usage(d))
     except Exception as e:  # noqa: BLE001 -- headers are sent: the error goes in the stream
         yield f"data: {json.dumps(error_body(f'generation failed: {e}', 500))}\n\n".encode()
     finally:

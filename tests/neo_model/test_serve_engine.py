@@ -98,7 +98,8 @@ def test_stream_comes_token_by_token_and_joins_to_the_answer(model, tok):
     assert "".join(d.text for d in deltas) == answer.text
     assert deltas[-1].finish_reason == answer.finish_reason
     assert [d.finish_reason for d in deltas[:-1]] == [None] * (len(deltas) - 1)
-    assert len([d for d in deltas if d.text]) >= min(3, answer.completion_tokens // 2)
+    assert answer.completion_tokens == 12  # a long answer: one chunk would be one delta
+    assert len([d for d in deltas if d.text]) >= 3
 
 
 class PieceTokenizer:

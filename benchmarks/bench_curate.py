@@ -37,8 +37,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "neo_data")]
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from crawl_server import CrawlServer, encode, smooth_image  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from neo_data.synthetic.crawl import CrawlServer, encode, smooth_image  # noqa: E402
 
 WORDS = "a small red boat on a calm lake near green hills under a grey sky at dawn".split()  # noqa: SIM905
 
@@ -98,8 +99,8 @@ def run_img2dataset(
 def run_ours(
     url_file: Path, out: Path, processes: int, threads: int, rows_per_task: int, engine: str
 ):
-    from neo_data.curate import run_curate
-    from neo_data.manifest import Manifest
+    from neo_data.curate.job import run_curate
+    from neo_data.manifest.model import Manifest
 
     manifest = Manifest.model_validate(
         {
@@ -122,9 +123,9 @@ def run_ours(
 
 def filters_per_core(files: dict, rows: list[dict]) -> dict:
     """Decode + size checks + phash + caption + language for every sample, one thread."""
-    from neo_data.curate_spec import FilterSpec
-    from neo_data.dedup import DedupItem, find_duplicates
-    from neo_data.filters import ImageInfo, check_caption, check_language, inspect_image
+    from neo_data.curate.dedup import DedupItem, find_duplicates
+    from neo_data.curate.filters import ImageInfo, check_caption, check_language, inspect_image
+    from neo_data.manifest.curate import FilterSpec
 
     f = FilterSpec(languages=["en"], language_min_chars=0, min_language_score=0.0)
     check_language("warm up the language model", f)

@@ -8,16 +8,16 @@ What runs, all on this CPU and through the product's own code paths:
    ``Qwen3ForCausalLM`` (2 layers, hidden 64, the real 151,936-token vocabulary) trained with
    plain PyTorch on the *text* of the training conversations, images removed. It knows the
    grammar and the word distribution of captions and answers, but it has never seen a pixel.
-1. **Pre-training** (``neo_model.trainer``, stage ``pretrain``): NEO built from that checkpoint
+1. **Pre-training** (``neo_model.train.loop``, stage ``pretrain``): NEO built from that checkpoint
    by the doc's rules (``train.init.kind: qwen3``, 2 pre-Buffer layers); only the patch
    embedding, the pre-Buffer and the post-LLM H/W q/k parts train; caption samples.
 2. **Mid-training** (``midtrain``): everything trains; captions and conversations.
 3. **SFT** (``sft``): everything trains; conversations (describe + question/answer turns).
 
-The data is ``neo_data.demo``'s generator (shapes, colours, positions, counts) with ``--groups``
+The data is ``neo_data.synthetic.scenes``'s generator (shapes, colours, positions, counts) with ``--groups``
 groups per scene at most (1 by default: "Three red stars in the top left corner, on a white
 background.") and no word scenes; images are rendered at ``--image-size`` px and packed by the
-pack job (``neo_data.pack_job.run_pack``, local Ray) into ``--seq-len``-token packs. The
+pack job (``neo_data.pack.job.run_pack``, local Ray) into ``--seq-len``-token packs. The
 held-out scenes are scenes whose caption no training sample has (``held_out_scenes`` rule).
 
 Measured after each stage, on the held-out images:
@@ -67,8 +67,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from neo_data import demo  # noqa: E402
-from neo_data.tokens import load_tokenizer, render_turns  # noqa: E402
+from neo_data.encoding.tokens import load_tokenizer, render_turns  # noqa: E402
+from neo_data.synthetic import scenes as demo  # noqa: E402
 
 STAGES = ("pretrain", "midtrain", "sft")
 LOCAL = fsspec.filesystem("file")
@@ -279,8 +279,8 @@ def write_manifest(path: Path, body: dict[str, Any]) -> Path:
 
 
 def pack(manifest_path: Path) -> dict:
-    from neo_data.manifest import load_manifest
-    from neo_data.pack_job import run_pack
+    from neo_data.manifest.model import load_manifest
+    from neo_data.pack.job import run_pack
 
     return run_pack(load_manifest(str(manifest_path))).index
 
@@ -288,7 +288,7 @@ def pack(manifest_path: Path) -> dict:
 def train(manifest_path: Path, log: Path) -> float:
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        cmd = [sys.executable, "-m", "neo_model.trainer", "--manifest", str(manifest_path)]
+        cmd = [sys.executable, "-m", "neo_model.train.loop", "--manifest", str(manifest_path)]
         run = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
     if run.returncode != 0:
         raise SystemExit(f"training failed ({manifest_path}); see {log}:\n"
@@ -306,7 +306,7 @@ def packed_loss(model, url: str) -> float:
     """Mean cross-entropy per supervised token over every pack of a packed dataset."""
     from neo_data.loader import PackStream
     from neo_model.model import loss_weights
-    from neo_model.trainer import model_inputs
+    from neo_model.train.loop import model_inputs
 
     stream = PackStream(url, 0, 1, seed=0)
     total, count = 0.0, 0.0

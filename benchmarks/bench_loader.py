@@ -4,13 +4,13 @@ consumes training NEO-2.2B at the MFU goal.
     python benchmarks/bench_loader.py [--data runs/demo/packed/pretrain] [--packs 64]
 
 The loader is the trainer's: ``neo_data.loader.PackStream`` (seeded order, range reads of one
-row group per pack, images decoded in its thread pool) plus ``neo_model.trainer.model_inputs``
+row group per pack, images decoded in its thread pool) plus ``neo_model.train.loop.model_inputs``
 (tensors, ImageNet normalisation). Each row runs one loader in this process with ``--prefetch``
 threads; CPU time is the process's user+system time, so tokens per CPU-second is the cost per
 core whatever the thread count.
 
 The H100 row: NEO-2.2B tokens/s at 45% MFU of 989 TFLOP/s with the standard FLOP count
-(``neo_model.flops``) at a 16,384-token pack of the demo's sample mix -- the rate one GPU's
+(``neo_model.train.flops``) at a 16,384-token pack of the demo's sample mix -- the rate one GPU's
 loader must sustain. Ratio = loader tokens/s per core / that rate: the fraction of one GPU
 that one core feeds (1.0 = one core per GPU suffices).
 """
@@ -26,9 +26,9 @@ import torch
 
 from neo_data.loader import PackStream
 from neo_model.config import neo_2_2b
-from neo_model.flops import FlopCount
 from neo_model.model import NeoChatModel
-from neo_model.trainer import model_inputs
+from neo_model.train.flops import FlopCount
+from neo_model.train.loop import model_inputs
 
 
 def cpu_seconds() -> float:

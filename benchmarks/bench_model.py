@@ -5,9 +5,9 @@
     .venv/bin/python benchmarks/bench_model.py --preset debug --device cpu   # smoke run, < 60 s
 
 Inputs are real: one packed row of ``--seq-len`` tokens made of several samples (``cu_seqlens``),
-each rendered with the ``neo1_0`` template (``neo_data.tokens.render_turns``) around one or two
+each rendered with the ``neo1_0`` template (``neo_data.encoding.tokens.render_turns``) around one or two
 images of ``--grid`` x ``--grid`` tokens (32 x 32 tokens = a 1024 x 1024 px image; some samples
-use 3/4- and 1/2-size grids), T/H/W indices from ``neo_data.positions.thw_indices``, labels on the
+use 3/4- and 1/2-size grids), T/H/W indices from ``neo_data.encoding.positions.thw_indices``, labels on the
 assistant answers; a text-only document (``render_text``) fills the rest exactly, so the row has
 no padding. Pixels are random (normalised like real images); weights are random (the model's own
 initialisation). Everything goes through the model's public API (``NeoChatModel.forward``,
@@ -83,13 +83,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from neo_data.positions import thw_indices  # noqa: E402
-from neo_data.tokens import load_tokenizer, render_text, render_turns, user_content  # noqa: E402
+from neo_data.encoding.positions import thw_indices  # noqa: E402
+from neo_data.encoding.tokens import load_tokenizer, render_text, render_turns, user_content  # noqa: E402
 from neo_model import config as neo_config  # noqa: E402
 from neo_model.attention import FLEX_BLOCK, attend, build_mask  # noqa: E402
-from neo_model.flops import FlopCount  # noqa: E402
 from neo_model.generate import Prompt, SamplingParams, generate  # noqa: E402
 from neo_model.model import NeoChatModel, normalize_image  # noqa: E402
+from neo_model.train.flops import FlopCount  # noqa: E402
 
 PRESETS = {"2.2b": neo_config.neo_2_2b, "9b": neo_config.neo_9b, "debug": neo_config.debug}
 H100_BF16_DENSE_TFLOPS = 989.0
@@ -303,7 +303,7 @@ def free_memory(device: torch.device) -> None:
 
 def train_flops(flops: FlopCount, pack: Pack, mask: str) -> int:
     """Model FLOPs of one forward + backward over ``pack`` under ``mask`` (module docstring;
-    the counts are ``neo_model.flops``, the trainer's)."""
+    the counts are ``neo_model.train.flops``, the trainer's)."""
     return (
         6 * flops.dense * pack.length
         + 6 * flops.patch * pack.image_tokens

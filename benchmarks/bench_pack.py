@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers import caption_row, write_curated  # noqa: E402
 
-from neo_data.encode import EncodeSettings, SampleEncoder  # noqa: E402
-from neo_data.images import ImageEncoding, encode_image, smart_resize  # noqa: E402
-from neo_data.mixes import realistic_mix  # noqa: E402
-from neo_data.packing import choose_groups  # noqa: E402
-from neo_data.tokens import load_tokenizer  # noqa: E402
+from neo_data.encoding.encode import EncodeSettings, SampleEncoder  # noqa: E402
+from neo_data.encoding.images import ImageEncoding, encode_image, smart_resize  # noqa: E402
+from neo_data.encoding.tokens import load_tokenizer  # noqa: E402
+from neo_data.pack.packing import choose_groups  # noqa: E402
+from neo_data.synthetic.lengths import realistic_mix  # noqa: E402
 
 MIN_PIXELS, MAX_PIXELS = 256 * 256, 2048 * 2048
 
@@ -108,8 +108,8 @@ def bench_throughput(images: list[bytes], workers: int) -> list[tuple[str, float
     # The whole Ray pack job (encode, plan, shuffle, write shards, index) on the same images.
     import ray
 
-    from neo_data.manifest import parse_manifest
-    from neo_data.pack_job import run_pack
+    from neo_data.manifest.model import parse_manifest
+    from neo_data.pack.job import run_pack
     from neo_data.ray_env import init_ray
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,8 +150,8 @@ def bench_job_fill(n: int = 80_000) -> tuple[int, int, int, float]:
     """Fill of the pack job's own plan (windows, default buckets, text ratio 0.3) on the mix."""
     import pyarrow as pa
 
-    from neo_data.manifest import parse_manifest
-    from neo_data.pack_job import LENGTH_SCHEMA, bucket_of, plan_window
+    from neo_data.manifest.model import parse_manifest
+    from neo_data.pack.job import LENGTH_SCHEMA, bucket_of, plan_window
 
     pack = parse_manifest("name: b\ndata: {curated: [x], packed: y}\n", "bench").resolved_pack()
     bounds = [(b.name, b.max_image_tokens) for b in pack.buckets]

@@ -4,7 +4,7 @@ over a batch-size sweep, at a 2B-class captioner shape with random weights.
     .venv/bin/python benchmarks/bench_recaption.py                  # CUDA, bf16, 2B-class shapes
     .venv/bin/python benchmarks/bench_recaption.py --device cpu --tiny   # smoke run, < 60 s
 
-What runs is the backends themselves (``neo_data.captioners.TransformersCaptioner`` and
+What runs is the backends themselves (``neo_data.recaption.captioners.TransformersCaptioner`` and
 ``NeoCaptioner``, loaded from checkpoints saved here): decoding the JPEG bytes, the processor /
 NEO prompt building, batched generation, detokenisation -- everything an actor does per batch
 except Ray's data movement. Weights are random, so the number of generated tokens per image is
@@ -38,106 +38,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neo_data.captioners import Captioner, NeoCaptioner, TransformersCaptioner  # noqa: E402
-from neo_data.recaption_spec import GenerationSpec  # noqa: E402
-
-IMAGE_TOKEN = "<|image_pad|>"  # a Qwen3 special token: the LLaVA image placeholder
-IMAGE_TOKEN_ID = 151655
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-LLAVA_SHAPES = {
-    "tiny": {
-        "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                     num_attention_heads=2, num_key_value_heads=1, head_dim=16),
-        "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=2, image_size=28, patch_size=14),
-    },
-    "2b": {  # Qwen3-1.7B + CLIP ViT-L/14-336
-        "text": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                     num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                     tie_word_embeddings=True),
-        "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                       num_attention_heads=16, image_size=336, patch_size=14),
-    },
-}  # fmt: skip
-
-
-def save_random_llava(path: str | Path, shape: str = "tiny", dtype=torch.float32) -> Path:
-    """A random-weight LLaVA captioner (model + processor + chat template) saved to ``path``,
-    loadable with ``AutoModelForImageTextToText`` / ``AutoProcessor``; no download: the
-    tokenizer is NEO's built-in Qwen3 BPE."""
-    import transformers
-    from tokenizers import Tokenizer
-    from transformers import (
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
-
-    from neo_data.tokens import load_tokenizer
-
-    neo_tok = load_tokenizer()
-    backend = Tokenizer.from_str(neo_tok.backend.to_str())
-    backend.encode_special_tokens = False  # the template's control tokens must be parsed
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        padding_side="left",
-    )
-    dims = LLAVA_SHAPES[shape]
-    side = dims["vision"]["image_size"]
-    config = LlavaConfig(
-        text_config=dict(
-            model_type="qwen3", vocab_size=neo_tok.vocab_size, max_position_embeddings=8192,
-            **dims["text"],
-        ),
-        vision_config=dict(model_type="clip_vision_model", **dims["vision"]),
-        image_token_id=IMAGE_TOKEN_ID,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="full",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval().to(dtype)
-    model.generation_config.eos_token_id = 151645  # <|im_end|>
-    model.generation_config.pad_token_id = 151643
-    image_processor_cls = getattr(transformers, "CLIPImageProcessorPil", None)
-    image_processor = (image_processor_cls or transformers.CLIPImageProcessor)(
-        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-        patch_size=dims["vision"]["patch_size"],
-        vision_feature_select_strategy="full",
-        image_token=IMAGE_TOKEN,
-        num_additional_image_tokens=1,  # CLIP's class token, kept by "full"
-    )
-    path = Path(path)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
-def save_random_neo(path: str | Path, shape: str = "tiny", dtype=torch.float32) -> Path:
-    from neo_model.config import debug, neo_2_2b
-    from neo_model.model import NeoChatModel
-    from neo_model.weights import save_pretrained
-
-    torch.manual_seed(0)
-    config = debug() if shape == "tiny" else neo_2_2b()
-    model = NeoChatModel(config).eval().to(dtype)
-    save_pretrained(model, path)
-    return Path(path)
+from neo_data.manifest.recaption import GenerationSpec  # noqa: E402
+from neo_data.recaption.captioners import Captioner, NeoCaptioner, TransformersCaptioner  # noqa: E402
+from neo_model.testing import save_random_llava, save_random_neo  # noqa: E402
 
 
 def jpeg_images(n: int, side: int, seed: int = 0) -> list[bytes]:

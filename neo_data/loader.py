@@ -36,7 +36,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from neo_data.shards import PackedDataset, join
+from neo_data.format.shards import PackedDataset
+from neo_data.format.storage import join
 
 # Per-token columns of a packed row, as numpy int32 arrays.
 TOKEN_COLUMNS = ("input_ids", "labels", "t_index", "h_index", "w_index", "image_ordinal")

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from neo_data.tokens import IMG_CONTEXT_ID, IMG_END_ID, IMG_START_ID
+from neo_data.encoding.tokens import IMG_CONTEXT_ID, IMG_END_ID, IMG_START_ID
 
 TEMPLATE = "neo1_0"
 

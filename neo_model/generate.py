@@ -2,8 +2,8 @@
 
 Prompts are left-padded to one length; padding is a sample of its own in NEO's mask, so it is
 invisible to the prompt tokens, and each row keeps its own T positions: prompt positions come
-from :func:`neo_data.positions.thw_indices`, and every generated token gets
-T = :func:`neo_data.positions.next_t` (then +1 per step) and H = W = 0 -- the rule the packer
+from :func:`neo_data.encoding.positions.thw_indices`, and every generated token gets
+T = :func:`neo_data.encoding.positions.next_t` (then +1 per step) and H = W = 0 -- the rule the packer
 uses for training data.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from neo_data.positions import next_t, thw_indices
-from neo_data.tokens import ENDOFTEXT_ID, IM_END_ID, IMG_CONTEXT_ID
+from neo_data.encoding.positions import next_t, thw_indices
+from neo_data.encoding.tokens import ENDOFTEXT_ID, IM_END_ID, IMG_CONTEXT_ID
 from neo_model.attention import PAD_SAMPLE
 from neo_model.model import KVCache, NeoChatModel
 

@@ -25,8 +25,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from neo_data.positions import ImageTokenMismatch
-from neo_data.tokens import IGNORE_INDEX, IMG_CONTEXT_ID
+from neo_data.encoding.positions import ImageTokenMismatch
+from neo_data.encoding.tokens import IGNORE_INDEX, IMG_CONTEXT_ID
 from neo_model.attention import (
     AttentionMask,
     Backend,

@@ -2,7 +2,7 @@
 
 One home for what ``neo chat``, ``neo serve`` and the ``neo`` recaption backend share: the
 packer's smart resize (factor 32) and Pillow bicubic resize, ImageNet normalisation, and the
-``neo1_0`` template through :func:`neo_data.tokens.render_turns`; the pixel budget of a
+``neo1_0`` template through :func:`neo_data.encoding.tokens.render_turns`; the pixel budget of a
 checkpoint; loading a checkpoint with errors that name what is wrong.
 """
 
@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from neo_data.images import FACTOR, resize_to_target
-from neo_data.schema import IMAGE_PLACEHOLDER
-from neo_data.tokens import NeoTokenizer, render_turns
+from neo_data.encoding.images import FACTOR, resize_to_target
+from neo_data.encoding.tokens import NeoTokenizer, render_turns
+from neo_data.format.schema import IMAGE_PLACEHOLDER
 from neo_model.model import NeoChatModel, normalize_image
 from neo_model.weights import CONFIG_NAME, from_pretrained
 

@@ -7,7 +7,7 @@ first question.
 
 A prompt is prepared exactly like training data: the packer's smart resize (factor 32) and
 Pillow bicubic resize, ImageNet normalisation, and the ``neo1_0`` template through
-:func:`neo_data.tokens.render_turns`, with a user turn of ``<image>\\n`` per image + the question.
+:func:`neo_data.encoding.tokens.render_turns`, with a user turn of ``<image>\\n`` per image + the question.
 The pixel budget defaults to the checkpoint's ``vision_config`` ``min_pixels``/``max_pixels``,
 else to 1,280 .. 4,096 image tokens (how the released SFT models are evaluated).
 """
@@ -23,8 +23,14 @@ import fsspec
 import torch
 from PIL import Image
 
-from neo_data.images import ImageRejected, open_image, smart_resize
-from neo_data.tokens import BUILTIN, NeoTokenizer, TemplateError, load_tokenizer, user_content
+from neo_data.encoding.images import ImageRejected, open_image, smart_resize
+from neo_data.encoding.tokens import (
+    BUILTIN,
+    NeoTokenizer,
+    TemplateError,
+    load_tokenizer,
+    user_content,
+)
 from neo_model import prompting
 from neo_model.generate import Prompt, SamplingParams, generate
 from neo_model.model import NeoChatModel

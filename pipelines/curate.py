@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from neo_data.curate import CurateError, format_report, run_curate
+from neo_data.curate.job import CurateError, format_report, run_curate
 from neo_data.ray_env import init_ray
 from pipelines._job import job_parser, load_job_manifest
 

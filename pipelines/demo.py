@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from neo_data.manifest import Manifest, load_manifest
+from neo_data.manifest.model import Manifest, load_manifest
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 STAGE_MANIFESTS = ("demo.yaml", "demo-midtrain.yaml", "demo-sft.yaml")
@@ -79,26 +79,13 @@ def prepare_out(out: Path) -> None:
 
 def make_models(out: Path, pack) -> str:
     """A tiny random Qwen3 (the stage-1 start) and a random debug NEO (the demo captioner)."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     from neo_model.config import debug
-    from neo_model.model import NeoChatModel
-    from neo_model.weights import save_pretrained
+    from neo_model.testing import save_random_neo, tiny_qwen3
 
-    torch.manual_seed(0)
-    qwen = Qwen3ForCausalLM(
-        Qwen3Config(
-            vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        )
-    )  # fmt: skip
+    qwen = tiny_qwen3(tie=True, perturb_norms=False, intermediate_size=128, head_dim=32)
     qwen.save_pretrained(out / "models" / "qwen3-tiny")
-    captioner = NeoChatModel(
-        debug().replace(min_pixels=pack.min_pixels, max_pixels=pack.max_pixels)
-    )
-    save_pretrained(captioner, out / "models" / "captioner")
+    captioner = debug().replace(min_pixels=pack.min_pixels, max_pixels=pack.max_pixels)
+    save_random_neo(out / "models" / "captioner", captioner)
     return "tiny random Qwen3 (2 layers, hidden 64); random debug NEO captioner"
 
 
@@ -111,8 +98,8 @@ def answer_held_out(
 
     from PIL import Image
 
-    from neo_data.demo import caption_for, held_out_scenes, qa_for, render_scene
-    from neo_data.tokens import load_tokenizer
+    from neo_data.encoding.tokens import load_tokenizer
+    from neo_data.synthetic.scenes import caption_for, held_out_scenes, qa_for, render_scene
     from neo_model.generate import Prompt, SamplingParams, generate
     from neo_model.prompting import build_prompt, load_checkpoint
 
@@ -147,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from neo_data.curate import format_report, run_curate
-    from neo_data.demo_web import serve_directory, write_web_sources
-    from neo_data.pack_job import format_summary, run_pack, verify_counts
+    from neo_data.curate.job import format_report, run_curate
+    from neo_data.pack.job import format_summary, run_pack, verify_counts
     from neo_data.ray_env import init_ray
-    from neo_data.recaption import run_recaption
-    from neo_model.ray_train import run_stage
+    from neo_data.recaption.job import run_recaption
+    from neo_data.synthetic.web import serve_directory, write_web_sources
+    from neo_model.train.ray_train import run_stage
 
     out = Path(args.out)
     prepare_out(out)

@@ -17,7 +17,7 @@ import sys
 
 import yaml
 
-from neo_data.manifest import (
+from neo_data.manifest.model import (
     MISSING,
     ManifestError,
     diff_manifests,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from neo_data.pack_job import OutputConflict, format_summary, run_pack, verify_counts
+from neo_data.pack.job import OutputConflict, format_summary, run_pack, verify_counts
 from neo_data.ray_env import init_ray
 from pipelines._job import job_parser, load_job_manifest
 

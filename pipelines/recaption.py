@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from neo_data.captioners import CaptionerUnavailable
-from neo_data.pack_job import OutputConflict
+from neo_data.format.schema import SchemaMismatch
+from neo_data.manifest.recaption import check_policy
+from neo_data.pack.job import OutputConflict
 from neo_data.ray_env import init_ray
-from neo_data.recaption import format_summary, run_recaption
-from neo_data.recaption_spec import check_policy
-from neo_data.schema import SchemaMismatch
+from neo_data.recaption.captioners import CaptionerUnavailable
+from neo_data.recaption.job import format_summary, run_recaption
 from pipelines._job import job_parser, load_job_manifest
 
 

@@ -32,9 +32,10 @@ from neo_data.browser.views import (
     source_counts,
     token_rows,
 )
-from neo_data.pack_job import format_summary
-from neo_data.shards import PackedDataset, join, url_to_fs
-from neo_data.tokens import NeoTokenizer, load_tokenizer
+from neo_data.encoding.tokens import NeoTokenizer, load_tokenizer
+from neo_data.format.shards import PackedDataset
+from neo_data.format.storage import join, url_to_fs
+from neo_data.pack.job import format_summary
 
 DATASET_COLUMNS = ["dataset", "name", "stage", "packs", "samples", "tokens", "bytes", "shards"]
 SHARD_COLUMNS = ["shard", "path", "bucket", "bytes", "packs", "samples", "tokens", "images"]

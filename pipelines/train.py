@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_job_manifest(args, "train")
     if manifest is None:
         return 2
-    from neo_model.ray_train import run_stage
+    from neo_model.train.ray_train import run_stage
 
     init_ray()
     t0 = time.perf_counter()

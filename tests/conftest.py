@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -16,9 +14,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
-from helpers import free_port, netns_unavailable  # noqa: E402
+from tests.helpers import REPO, free_port, netns_unavailable  # noqa: E402
 
 # CI runs the property tests on a fixed set of examples (a red CI is reproducible); locally they
 # explore new examples every run.
@@ -84,7 +81,7 @@ def ray_local(s3_endpoint):
 def ray_cluster(tmp_path_factory):
     """A real local Ray cluster (``ray start --head`` on 127.0.0.1, token auth) that jobs are
     sent to with ``ray job submit``; see tests/raycluster.py. Shared by the session."""
-    from raycluster import RayCluster
+    from tests.raycluster import RayCluster
 
     cluster = RayCluster(tmp_path_factory.mktemp("ray"))
     yield cluster
@@ -112,9 +109,9 @@ pack:
 def tiny_packed(ray_local, tmp_path_factory) -> str:
     """A small real packed dataset (demo captions, conversations and texts; 384-token packs,
     images of at most 64x64 pixels) for training tests."""
-    from neo_data.demo import write_demo_dataset
-    from neo_data.manifest import parse_manifest
-    from neo_data.pack_job import run_pack
+    from neo_data.manifest.model import parse_manifest
+    from neo_data.pack.job import run_pack
+    from neo_data.synthetic.scenes import write_demo_dataset
 
     root = tmp_path_factory.mktemp("tiny-train-data")
     write_demo_dataset(str(root / "curated"), captions=48, conversations=16, texts=24, seed=5)
@@ -131,14 +128,14 @@ def tiny_packed(ray_local, tmp_path_factory) -> str:
 def demo_packed(ray_local, tmp_path_factory) -> str:
     """The bundled demo set, curated (``<root>/curated``) and packed with manifests/demo.yaml's
     pack settings (``<root>/packed``): a real dataset to browse. Yields ``<root>``."""
-    from neo_data.demo import write_demo_dataset
-    from neo_data.manifest import load_manifest
-    from neo_data.pack_job import run_pack
+    from neo_data.manifest.model import load_manifest
+    from neo_data.pack.job import run_pack
+    from neo_data.synthetic.scenes import write_demo_dataset
 
     root = tmp_path_factory.mktemp("shards-demo")
     write_demo_dataset(str(root / "curated"), captions=24, conversations=12, texts=30, seed=0)
     manifest = load_manifest(
-        Path(__file__).parents[1] / "manifests" / "demo.yaml",
+        REPO / "manifests" / "demo.yaml",
         {"data.curated": [str(root / "curated")], "data.packed": str(root / "packed")},
     )
     run_pack(manifest)

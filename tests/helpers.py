@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import socket
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from neo_data.schema import CURATED_SCHEMA
+from neo_data.format.schema import CURATED_SCHEMA
+
+REPO = Path(__file__).resolve().parents[1]  # the repository root
 
 
 def image_bytes(

@@ -12,9 +12,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from helpers import free_port
+from tests.helpers import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 

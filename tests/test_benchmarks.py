@@ -6,16 +6,17 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from neo_data import demo
+from neo_data.synthetic import scenes as demo
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_learning  # noqa: E402
+
+from tests.helpers import REPO
 
 
 def test_captions_of_one_group_scenes_parse_back_to_their_scene():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neo_data.tokens import IGNORE_INDEX
+from neo_data.encoding.tokens import IGNORE_INDEX
 
 COLUMNS = 96  # cells per line before wrapping
 CELL = 9  # px per cell, including a 1 px gap

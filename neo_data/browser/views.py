@@ -20,16 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from neo_data.schema import (
-    INDEX_NAME,
-    REJECTED_DIR,
-    REJECTED_SCHEMA,
-    WORK_DIR,
-    SchemaMismatch,
-    check_schema,
-)
-from neo_data.shards import PackedDataset, join, url_to_fs
-from neo_data.tokens import (
+from neo_data.encoding.tokens import (
     ENDOFTEXT_ID,
     IGNORE_INDEX,
     IM_END_ID,
@@ -38,6 +29,16 @@ from neo_data.tokens import (
     IMG_START_ID,
     NeoTokenizer,
 )
+from neo_data.format.schema import (
+    INDEX_NAME,
+    REJECTED_DIR,
+    REJECTED_SCHEMA,
+    WORK_DIR,
+    SchemaMismatch,
+    check_schema,
+)
+from neo_data.format.shards import PackedDataset
+from neo_data.format.storage import join, url_to_fs
 
 SHARDS_DIR = "shards"
 # Directories inside a packed dataset: never searched for further datasets.

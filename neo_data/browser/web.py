@@ -42,9 +42,9 @@ from neo_data.browser.views import (
     source_counts,
     token_rows,
 )
-from neo_data.schema import SchemaMismatch
-from neo_data.shards import PackedDataset
-from neo_data.tokens import NeoTokenizer, load_tokenizer
+from neo_data.encoding.tokens import NeoTokenizer, load_tokenizer
+from neo_data.format.schema import SchemaMismatch
+from neo_data.format.shards import PackedDataset
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ import shlex
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -21,7 +20,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
+
 INFRA = REPO / "infra"
 JOBS = ("curate", "recaption", "pack", "train")
 STAGE_MANIFESTS = {"manifests/pretrain.yaml", "manifests/midtrain.yaml", "manifests/sft.yaml"}
@@ -196,7 +196,7 @@ def test_entrypoint_module_exists(job):
 @pytest.mark.parametrize("job", JOBS)
 def test_entrypoint_manifest_exists_and_validates(job):
     """Fails until the stage manifests (manifests/pretrain.yaml ...) are written."""
-    from neo_data.manifest import load_manifest
+    from neo_data.manifest.model import load_manifest
 
     path = REPO / entrypoint(job)[4]
     assert path.is_file(), f"{path.relative_to(REPO)} is missing"
@@ -208,6 +208,7 @@ def test_entrypoint_manifest_exists_and_validates(job):
 
 HELP_PROBE = """
 import contextlib, io, importlib, json, sys
+from tests.helpers import REPO
 out = {}
 for job in sys.argv[1:]:
     try:

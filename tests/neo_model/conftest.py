@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from neo_inputs import tiny_qwen3
 from transformers import Qwen3ForCausalLM
 
-from neo_data.tokens import NeoTokenizer, load_tokenizer
+from neo_data.encoding.tokens import NeoTokenizer, load_tokenizer
 from neo_model.config import debug
 from neo_model.model import NeoChatModel
+from neo_model.testing import tiny_qwen3
 
 
 @pytest.fixture(scope="session")

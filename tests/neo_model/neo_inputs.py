@@ -1,4 +1,5 @@
-"""Builders of model inputs for the neo_model tests: rendered samples, packs, tiny Qwen3s."""
+"""Builders of model inputs for the neo_model tests: rendered samples and packs (the tiny
+random models themselves come from :mod:`neo_model.testing`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from neo_data.positions import thw_indices
-from neo_data.tokens import NeoTokenizer, render_turns
+from neo_data.encoding.positions import thw_indices
+from neo_data.encoding.tokens import NeoTokenizer, render_turns
 
 
 @dataclass
@@ -65,26 +65,3 @@ def model_inputs(pack: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
 def random_images(grids: list[tuple[int, int]], seed: int = 0) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(3, 32 * r, 32 * c, generator=gen) for r, c in grids]
-
-
-def tiny_qwen3(tie: bool, seed: int = 0) -> Qwen3ForCausalLM:
-    """A random tiny Qwen3 (real vocabulary and head_dim 128) with non-trivial norm weights."""
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=151936,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=128,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        tie_word_embeddings=tie,
-        attn_implementation="eager",
-    )
-    model = Qwen3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-    return model

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from neo_inputs import make_pack, make_sample
 
-from neo_data.tokens import IMG_CONTEXT_ID, IMG_END_ID, IMG_START_ID
+from neo_data.encoding.tokens import IMG_CONTEXT_ID, IMG_END_ID, IMG_START_ID
 from neo_model.attention import (
     PAD_SAMPLE,
     DenseMask,
@@ -14,6 +13,7 @@ from neo_model.attention import (
     build_mask,
     sample_ids_from_cu_seqlens,
 )
+from tests.neo_model.neo_inputs import make_pack, make_sample
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from neo_inputs import random_images
 
-from neo_data.positions import thw_indices
-from neo_data.tokens import render_turns
+from neo_data.encoding.positions import thw_indices
+from neo_data.encoding.tokens import render_turns
 from neo_model.generate import Prompt, SamplingParams, generate
+from tests.neo_model.neo_inputs import random_images
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,16 @@ import copy
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from neo_inputs import make_pack, make_sample, model_inputs, random_images
 
 import neo_model.attention as attention
-from neo_data.tokens import load_tokenizer
+from neo_data.encoding.tokens import load_tokenizer
 from neo_model.attention import FLEX_BLOCK
+from tests.helpers import REPO as ROOT
+from tests.neo_model.neo_inputs import make_pack, make_sample, model_inputs, random_images
 
-ROOT = Path(__file__).resolve().parents[2]
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 GRIDS = [[(8, 8)], [(6, 10)], [(5, 5), (3, 3)]]  # images crossing 128-token block edges

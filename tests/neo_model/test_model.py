@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from neo_inputs import make_pack, make_sample, model_inputs, random_images
 from PIL import Image
 
-from neo_data.positions import ImageTokenMismatch
-from neo_data.tokens import IMG_CONTEXT_ID, IMG_START_ID
+from neo_data.encoding.positions import ImageTokenMismatch
+from neo_data.encoding.tokens import IMG_CONTEXT_ID, IMG_START_ID
 from neo_model.config import debug, neo_2_2b, neo_9b
 from neo_model.model import NeoChatModel, causal_lm_loss, loss_weights, normalize_image
+from tests.neo_model.neo_inputs import make_pack, make_sample, model_inputs, random_images
 
 CAPTION = [("user", "Look: <image>\nDescribe it."), ("assistant", "A red square on grey.")]
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from neo_inputs import make_pack, make_sample, model_inputs
 
 from neo_model.attention import build_mask
 from neo_model.config import NeoConfig, debug
@@ -19,6 +18,7 @@ from neo_model.weights import (
     hw_query_weight,
     save_pretrained,
 )
+from tests.neo_model.neo_inputs import make_pack, make_sample, model_inputs
 
 TURNS = [
     ("system", "You are a helpful assistant."),

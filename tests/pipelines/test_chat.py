@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import image_bytes
 from PIL import Image
 
-from neo_data.tokens import load_tokenizer, render_turns
+from neo_data.encoding.tokens import load_tokenizer, render_turns
 from neo_model.config import debug
 from neo_model.generate import Prompt, SamplingParams, generate
 from neo_model.model import NeoChatModel, normalize_image
 from neo_model.weights import save_pretrained
 from pipelines import chat, cli
+from tests.helpers import image_bytes
 
 STEPS = 6
 

@@ -4,18 +4,14 @@ loopback crawl server this test starts."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "neo_data"))
-
-from crawl_server import CASES, TEST_DOWNLOAD, TEST_FILTERS, CrawlServer, case_url  # noqa: E402
-from helpers import free_port  # noqa: E402
+from neo_data.synthetic.crawl import CASES, TEST_DOWNLOAD, TEST_FILTERS, CrawlServer, case_url  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PICK = ("jpeg", "png", "exif", "dup_a", "dup_b", "http404", "truncated", "bomb", "french")

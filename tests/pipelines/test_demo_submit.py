@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from neo_data.shards import PackedDataset
+from neo_data.format.shards import PackedDataset
 from neo_model.weights import from_pretrained
 
 pytestmark = pytest.mark.slow

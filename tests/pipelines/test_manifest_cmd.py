@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neo_data.manifest import load_manifest
+from neo_data.manifest.model import load_manifest
 from pipelines import cli
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO = (REPO / "manifests" / "demo.yaml").read_text()
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from neo_data.demo import write_demo_dataset
-from neo_data.shards import PackedDataset
+from neo_data.format.shards import PackedDataset
+from neo_data.synthetic.scenes import write_demo_dataset
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

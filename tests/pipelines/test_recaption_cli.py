@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import caption_row, write_curated
 from PIL import Image
 
+from neo_model.testing import save_random_neo
 from pipelines import cli
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_recaption import save_random_neo  # noqa: E402
+from tests.helpers import caption_row, write_curated
 
 
 def jpeg(i: int) -> bytes:

@@ -11,14 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from neo_data.shards import PackedDataset
+from neo_data.format.shards import PackedDataset
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 MISSING = [

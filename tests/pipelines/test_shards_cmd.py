@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from neo_data.shards import PackedDataset
+from neo_data.format.shards import PackedDataset
 from pipelines import cli
 
 pytestmark = pytest.mark.slow

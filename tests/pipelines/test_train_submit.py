@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import UNSHARE
+
+from tests.helpers import REPO, UNSHARE
 
 pytestmark = pytest.mark.slow
 SCENARIO = Path(__file__).with_name("two_node_scenario.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _scenario_module():

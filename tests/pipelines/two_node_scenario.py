@@ -37,11 +37,8 @@ import traceback
 from contextlib import ExitStack
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))  # helpers.py, raycluster.py
-
-from helpers import free_port  # noqa: E402
-from raycluster import RayCluster  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+from tests.raycluster import RayCluster  # noqa: E402
 
 BUCKET = "neo-cluster"
 STEPS = 4

@@ -1,0 +1,610 @@
+"""The curation job: raw url + caption (or conversation, or text) sources -> curated samples.
+
+Stages, each a set of Ray tasks over **units** (``download.rows_per_task`` consecutive rows of
+one source file)::
+
+    1. curate   fetch images (threads inside the task), decode, filter, hash
+                -> _work/units/<unit>.parquet (candidates), rejected/<unit>.parquet,
+                   then _work/units/<unit>.json (the unit's completion marker, with its counts)
+    2. dedup    exact (sha256) and near (perceptual hash) duplicates across the whole run,
+                decided once on the driver from the candidates' keys -> _work/dedup.parquet
+    3. finalize candidates minus duplicates -> samples/<unit>.parquet,
+                duplicates -> rejected/<unit>-dedup.parquet, then _work/final/<unit>.json
+    4. report   report.json (written last: the commit point) and a printed table
+
+Downloads: ``curate.download.engine`` picks the function behind each request: ``neo`` (default:
+img2dataset's user agent and opt-out rule with a byte cap and a deadline) or ``img2dataset``
+(its own ``download_image``, imported in the task only then); ``neo_data/curate/fetch.py`` and
+``DownloadSpec`` say why ``neo`` is the default and how img2dataset's errors map to reasons.
+
+Why img2dataset's downloader inside our own Ray tasks rather than its Ray distributor: the
+distributor first rewrites the whole input into feather shards in one process, numbers rows by
+its own shard keys (lineage to the source row is lost), takes one set of options per run (our
+sources each have theirs) and writes the images to its own output, which we would then read back
+to filter. One task that downloads *and* filters a unit writes each image once, keeps the source
+row, and marks the unit done -- the unit of resumption and of scale (add nodes, units spread).
+
+Output layout (``curate.output``, local or ``s3://``)::
+
+    <output>/
+    ├── report.json                 counts per source and reason, bytes, throughput; last
+    ├── samples/<unit>.parquet      neo.curated rows (neo_data/format/schema.py), what `neo pack` reads
+    ├── rejected/<unit>.parquet     rows dropped at read/download/filter: source, url, row,
+    ├── rejected/<unit>-dedup.parquet   input_file, input_row, stage, reason, detail, meta
+    └── _work/                      manifest hash, unit markers, dedup decisions (resumption)
+
+``<unit>`` is ``<source>-<file number>-<chunk>``; ``sample_id`` is ``<source>-<row>``. Every
+input row ends in exactly one of samples/ or rejected/ (the report checks the sum). A rerun after
+a crash redoes only unfinished units and writes identical files; a rerun after success finds
+report.json (same manifest) and does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from neo_data.curate.dedup import DedupItem, find_duplicates
+from neo_data.curate.fetch import img2dataset_downloader
+from neo_data.curate.rows import RowContext, process_row, sample_id
+from neo_data.curate.sources import plan_source_files, read_rows
+from neo_data.format.schema import CURATED_SCHEMA, REJECTED_DIR, WORK_DIR
+from neo_data.format.storage import atomic_write, claim_work_dir, join, url_to_fs
+from neo_data.manifest.curate import CurateSpec
+from neo_data.manifest.model import Manifest
+
+log = logging.getLogger(__name__)
+
+SAMPLES_DIR = "samples"
+REPORT_NAME = "report.json"
+REPORT_FORMAT = "neo.curate_report"
+REPORT_VERSION = 1
+SAMPLES_ROW_GROUP = 256  # rows per Parquet row group of samples/ (the pack job's work unit)
+
+CANDIDATE_SCHEMA = CURATED_SCHEMA.append(pa.field("_dedup_key", pa.string())).append(
+    pa.field("_phash", pa.int64())
+)
+CURATE_REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("row", pa.int64()),
+        pa.field("input_file", pa.string()),
+        pa.field("input_row", pa.int64()),
+        pa.field("stage", pa.string(), nullable=False),  # read | download | filter | dedup
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("meta", pa.string()),  # JSON lineage: download attempts, filter decisions, ...
+    ]
+)
+
+
+class CurateError(ValueError):
+    """The manifest cannot be curated (no ``curate:`` section, or an output conflict)."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    unit_id: str
+    source: int  # index in curate.sources
+    file: str
+    format: str
+    start: int  # rows [start, stop) of the file
+    stop: int
+    first_row: int  # source row of `start`
+
+
+@dataclass
+class CurateResult:
+    output: str
+    report: dict[str, Any]
+    skipped: bool  # True when the output was already complete
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning
+# ---------------------------------------------------------------------------------------------
+
+
+def curate_spec_of(manifest: Manifest) -> CurateSpec:
+    if manifest.curate is None:
+        raise CurateError(
+            f"manifest {manifest.name!r} has no `curate:` section; add one with `output:` and "
+            f"`sources:` (see manifests/curate_example.yaml)"
+        )
+    return manifest.curate
+
+
+# Download settings that change speed, not output: a run may resume with other values.
+_SPEED_ONLY = ("processes", "threads")
+
+
+def spec_hash(spec: CurateSpec) -> str:
+    """sha256 of the ``curate:`` section, without the speed-only settings.
+
+    The download engine enters as each source's effective engine, and only when one is not
+    ``neo``: outputs written before ``engine`` existed keep their hash (a rerun still resumes
+    or skips them), and another engine is another curation (reasons and lineage differ)."""
+    canon = spec.model_dump(mode="json")
+    for download in [canon["download"], *(s["download"] for s in canon["sources"])]:
+        for key in (*_SPEED_ONLY, "engine"):
+            (download or {}).pop(key, None)
+    engines = [spec.source_download(s).engine for s in spec.sources]
+    if set(engines) != {"neo"}:
+        canon["source_engines"] = engines
+    return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
+
+
+def plan_units(spec: CurateSpec) -> list[Unit]:
+    units = []
+    for si, source in enumerate(spec.sources):
+        per_task = spec.source_download(source).rows_per_task
+        for fi, sf in enumerate(plan_source_files(source)):
+            for ci, start in enumerate(range(0, sf.num_rows, per_task)):
+                stop = min(start + per_task, sf.num_rows)
+                uid = f"{source.name}-{fi:04d}-{ci:05d}"
+                units.append(Unit(uid, si, sf.url, sf.format, start, stop, sf.first_row + start))
+    return units
+
+
+def _paths(root: str, unit_id: str) -> dict[str, str]:
+    return {
+        "candidates": join(root, WORK_DIR, "units", f"{unit_id}.parquet"),
+        "unit_marker": join(root, WORK_DIR, "units", f"{unit_id}.json"),
+        "rejected": join(root, REJECTED_DIR, f"{unit_id}.parquet"),
+        "samples": join(root, SAMPLES_DIR, f"{unit_id}.parquet"),
+        "dup_rejected": join(root, REJECTED_DIR, f"{unit_id}-dedup.parquet"),
+        "final_marker": join(root, WORK_DIR, "final", f"{unit_id}.json"),
+    }
+
+
+def _parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    """zstd on every column except image bytes (already compressed, kept as downloaded)."""
+    compression = {
+        leaf: "none" if leaf == "images.list.element.bytes" else "zstd"
+        for f in table.schema
+        for leaf in _leaves(f.type, f.name)
+    }
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression=compression, row_group_size=row_group_size)
+    return buf.getvalue()
+
+
+def _leaves(t: pa.DataType, path: str) -> list[str]:
+    """Parquet leaf column paths of a field (per-column options are keyed by them)."""
+    if pa.types.is_list(t):
+        return _leaves(t.value_type, f"{path}.list.element")
+    if pa.types.is_struct(t):
+        return [leaf for f in t for leaf in _leaves(f.type, f"{path}.{f.name}")]
+    return [path]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: curate a unit (Ray task)
+# ---------------------------------------------------------------------------------------------
+
+
+def curate_unit(spec_json: str, unit: Unit, output: str) -> dict[str, Any]:
+    """Fetch, decode, filter and hash one unit's rows; write candidates, rejections, marker."""
+    t0 = time.perf_counter()
+    spec = CurateSpec.model_validate_json(spec_json)
+    source = spec.sources[unit.source]
+    ctx = RowContext(source, spec.source_filters(source), spec.source_download(source), unit.file)
+    rows = read_rows(unit.file, unit.format, unit.start, unit.stop)
+    if len(rows) != unit.stop - unit.start:
+        raise RuntimeError(f"{unit.file}: expected {unit.stop - unit.start} rows, read {len(rows)}")
+    if ctx.download.engine == "img2dataset" and source.kind != "text":
+        img2dataset_downloader()  # its import (seconds) once here, not in every row's fetch time
+
+    def one(i: int):
+        return process_row(ctx, rows[i], unit.first_row + i, unit.start + i)
+
+    with ThreadPoolExecutor(max_workers=min(ctx.download.threads, max(1, len(rows)))) as pool:
+        results = list(pool.map(one, range(len(rows))))
+    samples = [r.sample for r in results if r.sample is not None]
+    rejected = [r.rejected for r in results if r.rejected is not None]
+    fs, root = url_to_fs(output)
+    p = _paths(root, unit.unit_id)
+    atomic_write(fs, p["candidates"], _parquet_bytes(_table(samples, CANDIDATE_SCHEMA)))
+    if rejected:
+        atomic_write(fs, p["rejected"], _parquet_bytes(_table(rejected, CURATE_REJECTED_SCHEMA)))
+    marker = {
+        "unit": asdict(unit),
+        "rows_in": len(rows),
+        "candidates": len(samples),
+        "rejected": dict(Counter(r["reason"] for r in rejected)),
+        "bytes_downloaded": sum(r.bytes_downloaded for r in results),
+        "images_downloaded": sum(r.images_downloaded for r in results),
+        "fetch_seconds": round(sum(r.fetch_seconds for r in results), 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    atomic_write(fs, p["unit_marker"], json.dumps(marker).encode())
+    return marker
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: duplicates across the run (driver)
+# ---------------------------------------------------------------------------------------------
+
+DEDUP_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("of", pa.string()),
+        pa.field("distance", pa.int32()),
+    ]
+)
+
+
+def decide_duplicates(spec: CurateSpec, units: list[Unit], output: str) -> dict[str, dict]:
+    """Sample id -> duplicate decision, from every unit's candidate keys (read in parallel,
+    without image bytes), in source order then row order. Saved once in _work/dedup.parquet."""
+    fs, root = url_to_fs(output)
+    path = join(root, WORK_DIR, "dedup.parquet")
+    if fs.exists(path):
+        with fs.open(path, "rb") as f:
+            return {r["sample_id"]: r for r in pq.read_table(f).to_pylist()}
+
+    def keys(unit: Unit) -> pa.Table:
+        with fs.open(_paths(root, unit.unit_id)["candidates"], "rb") as f:
+            t = pq.read_table(f, columns=["sample_id", "kind", "row", "_dedup_key", "_phash"])
+        return t.append_column("_source", pa.array([unit.source] * t.num_rows, pa.int32()))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        tables = list(pool.map(keys, units))
+    rows = pa.concat_tables(tables).sort_by([("_source", "ascending"), ("row", "ascending")])
+    filters = [spec.source_filters(s) for s in spec.sources]
+    items = [
+        DedupItem(
+            r["sample_id"],
+            r["_dedup_key"],
+            r["_phash"],
+            filters[r["_source"]].near_dedup_threshold
+            if filters[r["_source"]].near_dedup and r["_phash"] is not None
+            else None,
+        )
+        for r in rows.to_pylist()
+    ]
+    dups = find_duplicates(items)
+    decided = [
+        {"sample_id": sid, "reason": d.reason, "of": d.of, "distance": d.distance}
+        for sid, d in sorted(dups.items())
+    ]
+    atomic_write(fs, path, _parquet_bytes(pa.Table.from_pylist(decided, schema=DEDUP_SCHEMA)))
+    return {d["sample_id"]: d for d in decided}
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: finalize a unit (Ray task)
+# ---------------------------------------------------------------------------------------------
+
+
+def finalize_unit(unit: Unit, dups: dict[str, dict], output: str) -> dict[str, Any]:
+    """Candidates minus duplicates -> samples/; duplicates -> rejected/ with what they repeat."""
+    fs, root = url_to_fs(output)
+    p = _paths(root, unit.unit_id)
+    with fs.open(p["candidates"], "rb") as f:
+        cand = pq.read_table(f, schema=CANDIDATE_SCHEMA)
+    ids = cand.column("sample_id").to_pylist()
+    keep = pa.array([sid not in dups for sid in ids], type=pa.bool_())
+    kept = cand.filter(keep).select(CURATED_SCHEMA.names).cast(CURATED_SCHEMA)
+    if kept.num_rows:
+        atomic_write(fs, p["samples"], _parquet_bytes(kept, SAMPLES_ROW_GROUP))
+    rejected = [_dup_rejected(r, unit, dups[r["sample_id"]])
+                for r in cand.filter(pc.invert(keep))
+                .select(["sample_id", "source", "url", "row", "meta"]).to_pylist()]  # fmt: skip
+    if rejected:
+        atomic_write(
+            fs, p["dup_rejected"], _parquet_bytes(_table(rejected, CURATE_REJECTED_SCHEMA))
+        )
+    images = kept.column("images").to_pylist()
+    marker = {
+        "unit_id": unit.unit_id,
+        "kept": kept.num_rows,
+        "rejected": dict(Counter(r["reason"] for r in rejected)),
+        "images_kept": sum(len(i or []) for i in images),
+        "bytes_kept": sum(len(x["bytes"]) for i in images for x in i or []),
+    }
+    atomic_write(fs, p["final_marker"], json.dumps(marker).encode())
+    return marker
+
+
+def _dup_rejected(r: dict, unit: Unit, dup: dict) -> dict:
+    meta = json.loads(r["meta"])
+    detail = f"of {dup['of']}" + (f" (Hamming {dup['distance']})" if dup["distance"] else "")
+    return {
+        **{k: r[k] for k in ("sample_id", "source", "url", "row")},
+        "input_file": meta.get("input_file"),
+        "input_row": meta.get("input_row"),
+        "stage": "dedup",
+        "reason": dup["reason"],
+        "detail": detail,
+        "meta": r["meta"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+
+
+def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateResult:
+    """Run (or resume) the curation of ``manifest``'s ``curate:`` section on Ray."""
+    import ray
+
+    spec = curate_spec_of(manifest)
+    output = spec.output.rstrip("/")
+    fs, root = url_to_fs(output)
+    shash = spec_hash(spec)
+    done = _finished_report(fs, root, shash, output)
+    if done is not None:
+        return CurateResult(output, done, skipped=True)
+    _stamp_work_dir(fs, root, shash, output)
+
+    t0 = time.perf_counter()
+    units = plan_units(spec)
+    log.info("curate %s: %d sources, %d units", manifest.name, len(spec.sources), len(units))
+    workers = concurrency or spec.download.processes
+    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    spec_json = spec.model_dump_json()
+
+    curated = _markers(fs, root, "units")
+    todo = [u for u in units if u.unit_id not in curated]
+    curate_task = ray.remote(curate_unit).options(num_cpus=1)
+    _run_bounded(lambda u: curate_task.remote(spec_json, u, output), todo, workers)
+    t_curate = time.perf_counter() - t0
+
+    dups = decide_duplicates(spec, units, output)
+    t_dedup = time.perf_counter() - t0 - t_curate
+    final_task = ray.remote(finalize_unit).options(num_cpus=0.5)
+    finished = _markers(fs, root, "final")
+    todo_final = [u for u in units if u.unit_id not in finished]
+    names = [s.name for s in spec.sources]
+    _run_bounded(
+        lambda u: final_task.remote(u, _unit_dups(dups, u, names[u.source]), output),
+        todo_final,
+        workers,
+    )
+    seconds = time.perf_counter() - t0
+    report = make_report(
+        manifest,
+        spec,
+        shash,
+        units,
+        _read_markers(fs, root, units),
+        {
+            "seconds": round(seconds, 3),
+            "curate_seconds": round(t_curate, 3),
+            "dedup_seconds": round(t_dedup, 3),
+            "finalize_seconds": round(seconds - t_curate - t_dedup, 3),
+            "units_run": len(todo),
+            "units_resumed": len(units) - len(todo),
+        },
+    )
+    verify_report(report)
+    _cleanup(fs, root, units)  # safe before the report: dedup and final markers are all written
+    atomic_write(fs, join(root, REPORT_NAME), json.dumps(report, indent=2).encode())
+    return CurateResult(output, report, skipped=False)
+
+
+def _run_bounded(submit: Callable[[Unit], Any], units: list[Unit], limit: int) -> list[dict]:
+    """Run one task per unit with at most ``limit`` in flight (a bounded number of units'
+    images in memory; a failed task raises here, and the rerun resumes)."""
+    import ray
+
+    pending, results = [], []
+    queue = list(units)
+    step = max(1, len(units) // 20)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            pending.append(submit(queue.pop(0)))
+        ready, pending = ray.wait(pending, num_returns=1)
+        results.extend(ray.get(ready))
+        if len(results) % step == 0 or not (queue or pending):
+            log.info("%d/%d units done", len(results), len(units))
+    return results
+
+
+def _markers(fs, root: str, stage: str) -> set[str]:
+    """Ids of the units whose ``stage`` is done (one listing, not one request per unit)."""
+    base = join(root, WORK_DIR, stage)
+    fs.invalidate_cache(base)
+    try:
+        listing = fs.ls(base, detail=False)
+    except FileNotFoundError:
+        return set()
+    finally:
+        # object-store listings are cached: a stale one would hide markers the tasks write next
+        fs.invalidate_cache(base)
+    names = (p.rsplit("/", 1)[-1] for p in listing)
+    return {n.removesuffix(".json") for n in names if n.endswith(".json")}
+
+
+def _unit_dups(dups: dict[str, dict], unit: Unit, source: str) -> dict[str, dict]:
+    rows = range(unit.first_row, unit.first_row + unit.stop - unit.start)
+    return {sid: dups[sid] for r in rows if (sid := sample_id(source, r)) in dups}
+
+
+def _finished_report(fs, root: str, shash: str, output: str) -> dict | None:
+    path = join(root, REPORT_NAME)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        report = json.load(f)
+    if report.get("manifest", {}).get("curate_sha256") != shash:
+        raise CurateError(
+            f"{output} already holds a curation of another `curate:` section (sha256 "
+            f"{report.get('manifest', {}).get('curate_sha256', '?')[:12]}, this one "
+            f"{shash[:12]}); choose a new curate.output or delete the old one"
+        )
+    return report
+
+
+def _stamp_work_dir(fs, root: str, shash: str, output: str) -> None:
+    """Resume only work done for the same ``curate:`` section."""
+    old = claim_work_dir(fs, join(root, WORK_DIR), "curate.sha256", shash)
+    if old is not None:
+        raise CurateError(
+            f"{output}/{WORK_DIR} holds unfinished work of another `curate:` section "
+            f"(sha256 {old[:12]}); delete it or choose a new curate.output"
+        )
+
+
+def _read_markers(fs, root: str, units: list[Unit]) -> list[tuple[dict, dict]]:
+    def read(u: Unit) -> tuple[dict, dict]:
+        p = _paths(root, u.unit_id)
+        with fs.open(p["unit_marker"], "rb") as a, fs.open(p["final_marker"], "rb") as b:
+            return json.load(a), json.load(b)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(read, units))
+
+
+def _cleanup(fs, root: str, units: list[Unit]) -> None:
+    """Drop the candidates (a second copy of every image) and temporary files a killed run
+    left behind; markers and dedup decisions stay (small)."""
+    for u in units:
+        path = _paths(root, u.unit_id)["candidates"]
+        if fs.exists(path):
+            fs.rm(path)
+    for d in (SAMPLES_DIR, REJECTED_DIR, f"{WORK_DIR}/units", f"{WORK_DIR}/final"):
+        base = join(root, d)
+        if fs.exists(base):
+            for leftover in fs.glob(join(base, "*.tmp-*")):
+                fs.rm(leftover)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def make_report(
+    manifest: Manifest,
+    spec: CurateSpec,
+    shash: str,
+    units: list[Unit],
+    markers: list[tuple[dict, dict]],
+    timing: dict[str, Any],
+) -> dict[str, Any]:
+    by_source: dict[str, dict[str, Any]] = {}
+    for s in spec.sources:
+        by_source[s.name] = {
+            "kind": s.kind,
+            "units": 0,
+            "rows_in": 0,
+            "kept": 0,
+            "rejected": Counter(),
+            "images_downloaded": 0,
+            "bytes_downloaded": 0,
+            "images_kept": 0,
+            "bytes_kept": 0,
+        }
+    worker = Counter()
+    max_rss = 0.0
+    for u, (m, f) in zip(units, markers, strict=True):
+        b = by_source[spec.sources[u.source].name]
+        b["units"] += 1
+        b["rows_in"] += m["rows_in"]
+        b["kept"] += f["kept"]
+        b["rejected"].update(m["rejected"])
+        b["rejected"].update(f["rejected"])
+        b["images_downloaded"] += m["images_downloaded"]
+        b["bytes_downloaded"] += m["bytes_downloaded"]
+        b["images_kept"] += f["images_kept"]
+        b["bytes_kept"] += f["bytes_kept"]
+        worker.update(seconds=m["seconds"], fetch_seconds=m["fetch_seconds"])
+        max_rss = max(max_rss, m["max_rss_mib"])
+    by_reason: Counter = Counter()
+    for b in by_source.values():
+        by_reason.update(b["rejected"])
+        b["rejected"] = dict(sorted(b["rejected"].items()))
+    totals = {
+        k: sum(b[k] for b in by_source.values())
+        for k in ("rows_in", "kept", "images_downloaded", "bytes_downloaded", "images_kept",
+                  "bytes_kept")
+    }  # fmt: skip
+    totals["rejected"] = sum(by_reason.values())
+    secs = timing["seconds"] or 1e-9
+    return {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "manifest": {"name": manifest.name, "curate_sha256": shash},
+        "output": spec.output,
+        "totals": totals,
+        "by_reason": dict(sorted(by_reason.items())),
+        "by_source": by_source,
+        "throughput": {
+            "rows_per_s": round(totals["rows_in"] / secs, 2),
+            "images_per_s": round(totals["images_downloaded"] / secs, 2),
+            "download_mib_per_s": round(totals["bytes_downloaded"] / secs / 2**20, 3),
+            "note": "this run's wall clock; a resumed run counts earlier units' rows too",
+        },
+        "timing": {
+            **timing,
+            "units": len(units),
+            "worker_seconds": round(worker["seconds"], 3),
+            "fetch_seconds": round(worker["fetch_seconds"], 3),
+            "max_worker_rss_mib": max_rss,
+        },
+    }
+
+
+def verify_report(report: dict) -> None:
+    """Every input row is kept or rejected with a reason (raise if not)."""
+    for name, b in report["by_source"].items():
+        out = b["kept"] + sum(b["rejected"].values())
+        if out != b["rows_in"]:
+            raise RuntimeError(f"source {name}: {b['rows_in']} rows in but {out} kept or rejected")
+
+
+def format_report(report: dict) -> str:
+    """The table printed at the end of a curation run."""
+    t = report["totals"]
+    lines = [f"curation {report['manifest']['name']} -> {report['output']}"]
+    lines.append(
+        f"  {'source':<16}{'kind':<14}{'rows in':>9}{'kept':>9}{'rejected':>9}{'MiB in':>9}{'MiB kept':>9}"
+    )
+    for name, b in report["by_source"].items():
+        lines.append(
+            f"  {name:<16}{b['kind']:<14}{b['rows_in']:>9,}{b['kept']:>9,}"
+            f"{sum(b['rejected'].values()):>9,}{b['bytes_downloaded'] / 2**20:>9.1f}"
+            f"{b['bytes_kept'] / 2**20:>9.1f}"
+        )
+    lines.append(
+        f"  {'total':<30}{t['rows_in']:>9,}{t['kept']:>9,}{t['rejected']:>9,}"
+        f"{t['bytes_downloaded'] / 2**20:>9.1f}{t['bytes_kept'] / 2**20:>9.1f}"
+    )
+    if report["by_reason"]:
+        lines.append("")
+        lines.append(f"  {'rejected because':<28}{'rows':>9}")
+        for reason, n in report["by_reason"].items():
+            lines.append(f"  {reason:<28}{n:>9,}")
+    tp, tm = report["throughput"], report["timing"]
+    lines.append("")
+    lines.append(
+        f"  {tm['seconds']:.1f} s ({tm['units_run']} units run, {tm['units_resumed']} resumed): "
+        f"{tp['rows_per_s']:,.1f} rows/s, {tp['images_per_s']:,.1f} images/s, "
+        f"{tp['download_mib_per_s']:.2f} MiB/s; peak worker RSS {tm['max_worker_rss_mib']:.0f} MiB"
+    )
+    return "\n".join(lines)

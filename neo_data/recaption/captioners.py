@@ -1,0 +1,445 @@
+"""Captioning backends behind one interface: images in, one caption (or a recorded failure) out.
+
+=============== =====================================================================
+backend         what runs
+=============== =====================================================================
+``transformers`` any ``AutoModelForImageTextToText`` + ``AutoProcessor`` (hub id or local
+                directory), batched ``generate`` with left padding
+``vllm``         ``vllm.LLM.chat`` (optional dependency, imported only by this backend)
+``openai``       any OpenAI-compatible chat-completions endpoint (a vLLM server, ``neo
+                serve``); images as data URLs; a concurrency limit, timeouts, and retries
+                with exponential backoff on 429 / 5xx / connection errors (the official
+                ``openai`` client's retry policy)
+``neo``          a NEO checkpoint from our trainer (:mod:`neo_model.generate`), prompts built
+                by :mod:`neo_model.prompting` exactly like ``neo chat``
+=============== =====================================================================
+
+A sample's images are decoded first (:func:`neo_data.encoding.images.open_image`: upright RGB, the
+decompression-bomb cap); a row whose image does not decode, or whose generation fails or comes
+back empty, gets a :class:`Caption` with a stable snake_case ``reason`` and the rest of the
+batch goes on:
+
+======================== ===========================================================
+reason                   when
+======================== ===========================================================
+``image_decode_error``   image bytes do not decode (also ``image_empty``,
+                         ``image_too_many_pixels``, ``aspect_ratio_too_extreme``)
+``generation_error``     the model raised on this sample (retried alone after a batch
+                         failure, so one bad sample never fails its neighbours)
+``empty_generation``     the model produced only whitespace
+``endpoint_error``       the endpoint answered an error status after the retries
+``endpoint_unreachable`` connection errors or timeouts after the retries
+======================== ===========================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from neo_data.encoding.images import ImageRejected, open_image
+from neo_data.manifest.recaption import GenerationSpec, OpenAISpec, RecaptionSpec
+
+log = logging.getLogger(__name__)
+
+# Errors a model raises on bad inputs or resources (CUDA OOM is a RuntimeError): recorded on the
+# row. Programming errors (TypeError, AttributeError, ...) still raise.
+GENERATION_ERRORS = (RuntimeError, ValueError, IndexError)
+DATA_URL_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+class CaptionerUnavailable(RuntimeError):
+    """A backend cannot start here (missing optional package, missing API key, ...)."""
+
+
+@dataclass(frozen=True)
+class Caption:
+    """The outcome for one sample: ``text``, or ``reason`` + ``detail`` when it failed."""
+
+    text: str | None
+    reason: str | None = None
+    detail: str = ""
+
+    @classmethod
+    def failed(cls, reason: str, detail: str) -> Caption:
+        return cls(None, reason, detail[:2000])
+
+
+class Captioner(ABC):
+    """One model, one prompt, one set of generation settings; ``caption`` maps a batch.
+
+    Subclasses implement ``prepare`` (one sample's encoded images -> what ``run`` takes; may
+    raise :class:`~neo_data.encoding.images.ImageRejected`) and ``run`` (a batch of prepared samples ->
+    one text or :class:`Caption` each)."""
+
+    backend: str = ""
+
+    def __init__(self, model: str, prompt: str, generation: GenerationSpec, max_decode_pixels: int):
+        self.model_name = model
+        self.prompt = prompt
+        self.generation = generation
+        self.max_decode_pixels = max_decode_pixels
+
+    def caption(self, samples: Sequence[Sequence[bytes]]) -> list[Caption]:
+        """One :class:`Caption` per sample (its encoded images, usually one), in order."""
+        out: list[Caption | None] = [None] * len(samples)
+        ready: list[tuple[int, Any]] = []
+        for i, images in enumerate(samples):
+            try:
+                ready.append((i, self.prepare(images)))
+            except ImageRejected as e:
+                out[i] = Caption.failed(e.reason, e.detail)
+        for (i, _), result in zip(ready, self._run_isolated([p for _, p in ready]), strict=True):
+            out[i] = result
+        return [c for c in out if c is not None]
+
+    def decode(self, data: bytes) -> Image.Image:
+        return open_image(data, self.max_decode_pixels)
+
+    @abstractmethod
+    def prepare(self, images: Sequence[bytes]) -> Any: ...
+
+    @abstractmethod
+    def run(self, prepared: list[Any]) -> list[str | Caption]: ...
+
+    def _run_isolated(self, prepared: list[Any]) -> list[Caption]:
+        """``run`` on the batch; if it raises, each sample alone, so a failure stays on its row."""
+        if not prepared:
+            return []
+        try:
+            results = self.run(prepared)
+        except GENERATION_ERRORS as e:
+            if len(prepared) == 1:
+                return [Caption.failed("generation_error", f"{type(e).__name__}: {e}")]
+            log.warning("batch of %d failed (%s); retrying one by one", len(prepared), e)
+            return [c for p in prepared for c in self._run_isolated([p])]
+        return [_as_caption(r) for r in results]
+
+
+def _as_caption(result: str | Caption) -> Caption:
+    if isinstance(result, Caption):
+        return result
+    text = result.strip()
+    if not text:
+        return Caption.failed("empty_generation", "the model produced only whitespace")
+    return Caption(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+# ---------------------------------------------------------------------------------------------
+
+
+def _torch_device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _torch_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+class TransformersCaptioner(Captioner):
+    """``AutoModelForImageTextToText`` + ``AutoProcessor``; the prompt is rendered once with the
+    processor's chat template (one ``{"type": "image"}`` part per image, then the text)."""
+
+    backend = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        prompt: str,
+        generation: GenerationSpec,
+        max_decode_pixels: int,
+        dtype: str = "auto",
+        device: str | None = None,
+    ):
+        super().__init__(model, prompt, generation, max_decode_pixels)
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.device = _torch_device(device)
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.processor.tokenizer.padding_side = "left"  # decoder-only batched generation
+        self.model = (
+            AutoModelForImageTextToText.from_pretrained(
+                model, dtype=_torch_dtype(dtype, self.device)
+            )
+            .to(self.device)
+            .eval()
+        )
+        self._templates: dict[int, str] = {}
+
+    def template(self, num_images: int) -> str:
+        if num_images not in self._templates:
+            content = [{"type": "image"}] * num_images + [{"type": "text", "text": self.prompt}]
+            self._templates[num_images] = self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+        return self._templates[num_images]
+
+    def prepare(self, images: Sequence[bytes]) -> list[Image.Image]:
+        return [self.decode(data) for data in images]
+
+    def run(self, prepared: list[list[Image.Image]]) -> list[str]:
+        import torch
+
+        texts = [self.template(len(images)) for images in prepared]
+        flat = [img for images in prepared for img in images]
+        inputs = self.processor(text=texts, images=flat, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        g = self.generation
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": g.max_new_tokens,
+            "do_sample": g.temperature > 0,
+        }
+        if g.temperature > 0:
+            kwargs.update(temperature=g.temperature, top_p=g.top_p or 1.0, top_k=g.top_k or 0)
+        torch.manual_seed(g.seed)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        new = out[:, inputs["input_ids"].shape[1] :]
+        return self.processor.batch_decode(new, skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# NEO
+# ---------------------------------------------------------------------------------------------
+
+
+class NeoCaptioner(Captioner):
+    """A NEO checkpoint: prompts like ``neo chat`` (user turn ``<image>\\n`` per image + the
+    prompt), batched :func:`neo_model.generate.generate`."""
+
+    backend = "neo"
+
+    def __init__(
+        self,
+        model: str,
+        prompt: str,
+        generation: GenerationSpec,
+        max_decode_pixels: int,
+        tokenizer: str = "builtin:qwen3",
+        device: str | None = None,
+    ):
+        super().__init__(model, prompt, generation, max_decode_pixels)
+        from neo_data.encoding.tokens import load_tokenizer
+        from neo_model.generate import SamplingParams
+        from neo_model.prompting import load_checkpoint, pixel_budget
+
+        if generation.top_p is not None:
+            raise ValueError(
+                "backend neo samples with temperature and top_k; top_p is not supported"
+            )
+        self.device = _torch_device(device)
+        self.model, vision = load_checkpoint(model, self.device)
+        self.min_pixels, self.max_pixels = pixel_budget(self.model, vision)
+        self.tok = load_tokenizer(tokenizer)
+        self.params = SamplingParams(
+            max_new_tokens=generation.max_new_tokens,
+            temperature=generation.temperature,
+            top_k=generation.top_k,
+            seed=generation.seed,
+        )
+
+    def prepare(self, images: Sequence[bytes]):
+        from neo_data.encoding.images import smart_resize
+        from neo_data.encoding.tokens import user_content
+        from neo_model.generate import Prompt
+        from neo_model.prompting import build_prompt
+
+        decoded = [self.decode(data) for data in images]
+        for img in decoded:  # reject now (aspect ratio ...) rather than fail the batch later
+            smart_resize(img.height, img.width, self.min_pixels, self.max_pixels)
+        turns = [("user", user_content(self.prompt, len(decoded)))]
+        ids, _, pixels = build_prompt(self.tok, turns, decoded, self.min_pixels, self.max_pixels)
+        return Prompt(ids, pixels)
+
+    def run(self, prepared: list) -> list[str]:
+        from neo_model.generate import generate
+
+        out = generate(self.model, prepared, self.params)
+        return [self.tok.decode(ids, skip_special_tokens=True) for ids in out]
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat messages with data URLs (openai, vllm)
+# ---------------------------------------------------------------------------------------------
+
+
+def data_url(data: bytes, image: Image.Image) -> str:
+    """``data:<mime>;base64,...`` of the original bytes when they are JPEG/PNG/WebP and upright,
+    else of a PNG of the decoded upright RGB image (what every endpoint accepts)."""
+    with Image.open(io.BytesIO(data)) as src:
+        fmt = src.format
+        upright = src.getexif().get(0x0112, 1) == 1  # EXIF orientation "normal"
+    if fmt in DATA_URL_FORMATS and upright:
+        mime, payload = DATA_URL_FORMATS[fmt], data
+    else:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        mime, payload = "image/png", buf.getvalue()
+    return f"data:{mime};base64,{base64.b64encode(payload).decode()}"
+
+
+def chat_messages(prompt: str, urls: Sequence[str]) -> list[dict]:
+    content: list[dict] = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    content.append({"type": "text", "text": prompt})
+    return [{"role": "user", "content": content}]
+
+
+class _DataURLCaptioner(Captioner):
+    def prepare(self, images: Sequence[bytes]) -> list[str]:
+        return [data_url(data, self.decode(data)) for data in images]
+
+
+# ---------------------------------------------------------------------------------------------
+# openai
+# ---------------------------------------------------------------------------------------------
+
+
+class OpenAICaptioner(_DataURLCaptioner):
+    """Chat completions against ``settings.endpoint``, at most ``max_concurrency`` in flight.
+
+    The official ``openai`` client carries the retry policy (exponential backoff with jitter,
+    ``Retry-After`` honoured, on 408/409/429/5xx and connection errors) and timeouts; the key
+    comes from the environment variable named by ``api_key_env`` and is never logged."""
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        prompt: str,
+        generation: GenerationSpec,
+        max_decode_pixels: int,
+        settings: OpenAISpec,
+    ):
+        super().__init__(model, prompt, generation, max_decode_pixels)
+        try:
+            import openai
+        except ImportError as e:
+            raise CaptionerUnavailable("backend openai needs the `openai` package") from e
+        self._openai = openai
+        self.settings = settings
+        key = "EMPTY"  # local servers (vLLM, neo serve) accept any key
+        if settings.api_key_env:
+            key = os.environ.get(settings.api_key_env, "")
+            if not key:
+                raise CaptionerUnavailable(
+                    f"recaption.openai.api_key_env: environment variable "
+                    f"{settings.api_key_env} is not set"
+                )
+        self._api_key = key
+
+    def run(self, prepared: list[list[str]]) -> list[str | Caption]:
+        return asyncio.run(self._run_all(prepared))
+
+    async def _run_all(self, prepared: list[list[str]]) -> list[str | Caption]:
+        s = self.settings
+        limit = asyncio.Semaphore(s.max_concurrency)
+        async with self._openai.AsyncOpenAI(
+            base_url=s.endpoint,
+            api_key=self._api_key,
+            max_retries=s.max_retries,
+            timeout=s.timeout_s,
+        ) as client:
+            return await asyncio.gather(*(self._one(client, limit, urls) for urls in prepared))
+
+    async def _one(self, client, limit: asyncio.Semaphore, urls: list[str]) -> str | Caption:
+        g = self.generation
+        options: dict[str, Any] = {"max_tokens": g.max_new_tokens, "temperature": g.temperature}
+        options["seed"] = g.seed
+        if g.top_p is not None:
+            options["top_p"] = g.top_p
+        if g.top_k is not None:
+            options["extra_body"] = {"top_k": g.top_k}  # vLLM / neo serve extension
+        openai = self._openai
+        async with limit:
+            try:
+                response = await client.chat.completions.create(
+                    model=self.model_name, messages=chat_messages(self.prompt, urls), **options
+                )
+            except openai.APIStatusError as e:
+                return Caption.failed("endpoint_error", f"HTTP {e.status_code}: {e.message}")
+            except (openai.APIConnectionError, openai.APITimeoutError) as e:
+                return Caption.failed("endpoint_unreachable", f"{type(e).__name__}: {e}")
+        choice = response.choices[0] if response.choices else None
+        if choice is None or choice.message.content is None:
+            return Caption.failed("endpoint_error", "the response has no message content")
+        return choice.message.content
+
+
+# ---------------------------------------------------------------------------------------------
+# vllm
+# ---------------------------------------------------------------------------------------------
+
+
+class VLLMCaptioner(_DataURLCaptioner):
+    """``vllm.LLM`` in the actor's process (its own continuous batching inside ``run``)."""
+
+    backend = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        prompt: str,
+        generation: GenerationSpec,
+        max_decode_pixels: int,
+        dtype: str = "auto",
+    ):
+        super().__init__(model, prompt, generation, max_decode_pixels)
+        try:
+            import vllm
+        except ImportError as e:
+            raise CaptionerUnavailable(
+                "backend vllm needs vLLM installed on the workers (pip install vllm); "
+                "or serve the model with `vllm serve` and use backend openai"
+            ) from e
+        g = generation
+        self.llm = vllm.LLM(model=model, dtype=dtype, seed=g.seed, limit_mm_per_prompt={"image": 4})
+        self.params = vllm.SamplingParams(
+            max_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p or 1.0,
+            top_k=g.top_k or -1,
+            seed=g.seed,
+        )
+
+    def run(self, prepared: list[list[str]]) -> list[str]:
+        conversations = [chat_messages(self.prompt, urls) for urls in prepared]
+        outputs = self.llm.chat(conversations, self.params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_captioner(spec: RecaptionSpec, device: str | None = None) -> Captioner:
+    """The backend ``spec`` names, loaded and ready (called in each actor's ``__init__``)."""
+    common = (spec.model, spec.prompt, spec.generation, spec.max_decode_pixels)
+    if spec.backend == "transformers":
+        return TransformersCaptioner(*common, dtype=spec.dtype, device=device)
+    if spec.backend == "neo":
+        return NeoCaptioner(*common, tokenizer=spec.tokenizer, device=device)
+    if spec.backend == "openai":
+        assert spec.openai is not None  # RecaptionSpec validates it
+        return OpenAICaptioner(*common, settings=spec.openai)
+    if spec.backend == "vllm":
+        return VLLMCaptioner(*common, dtype=spec.dtype)
+    raise ValueError(f"unknown recaption backend {spec.backend!r}")

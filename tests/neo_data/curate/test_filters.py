@@ -1,0 +1,149 @@
+"""Each curation filter gives its stable reason; the spec merges per-source overrides."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from neo_data.curate.filters import (  # noqa: E402
+    Drop,
+    ImageInfo,
+    check_caption,
+    check_language,
+    check_text,
+    decode_text,
+    inspect_image,
+)
+from neo_data.manifest.curate import CurateSpec, FilterSpec  # noqa: E402
+from neo_data.manifest.model import ManifestError, parse_manifest  # noqa: E402
+from neo_data.synthetic.crawl import encode, images, png_header_only, smooth_image  # noqa: E402
+
+F = FilterSpec(max_decode_pixels=4_000_000, languages=["en"])
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (images()["corrupt"], "image_decode_error"),
+        (b"", "image_decode_error"),
+        (b"<html>not an image</html>", "image_decode_error"),
+        (images()["bomb"], "decompression_bomb"),
+        (png_header_only(3000, 3000), "decompression_bomb"),  # above our cap, below Pillow's
+        (png_header_only(60_000, 60_000), "decompression_bomb"),  # above Pillow's too
+        (encode(smooth_image(1, 20, 200), "PNG"), "image_too_small"),
+        (encode(smooth_image(1, 40, 20), "PNG"), "image_too_small"),  # 800 px < min_pixels
+        (encode(smooth_image(1, 600, 40), "PNG"), "aspect_ratio"),
+    ],
+)
+def test_image_reasons(data, reason):
+    got = inspect_image(data, F)
+    assert isinstance(got, Drop) and got.reason == reason, got
+
+
+def test_image_too_large_and_kinds_kept():
+    big = FilterSpec(max_side=100)
+    assert inspect_image(encode(smooth_image(1, 120, 90), "PNG"), big).reason == "image_too_large"
+    few = FilterSpec(max_pixels=5000)
+    assert inspect_image(encode(smooth_image(1, 90, 90), "PNG"), few).reason == "image_too_large"
+    for name in ("jpeg", "png", "webp", "gif", "cmyk", "exif", "rgba", "png16", "large"):
+        info = inspect_image(images()[name], F)
+        assert isinstance(info, ImageInfo), (name, info)
+        with Image.open(io.BytesIO(images()[name])) as im:
+            assert (info.width, info.height) == im.size  # as stored
+
+
+@pytest.mark.parametrize(
+    ("caption", "reason"),
+    [
+        ("", "caption_empty"),
+        (" \n\t ", "caption_empty"),
+        ("cat", "caption_too_short"),
+        ("x" * 5000, "caption_too_long"),
+        ("wonderful", "caption_too_few_words"),
+        (" ".join(["word"] * 700), "caption_too_many_words"),
+        ("http://example.com/a/b.jpg", "caption_junk"),
+        ("www.example.com/photo", "caption_junk"),
+        ("holiday photo 2.JPEG", "caption_junk"),
+        ("IMG 20240101", "caption_junk"),
+        ("Image may contain: two people, smiling", "caption_junk"),
+        ("a dog running on the beach at sunset", None),
+    ],
+)
+def test_caption_reasons(caption, reason):
+    got = check_caption(caption, F)
+    assert (got.reason if got else None) == reason
+
+
+def test_junk_check_can_be_turned_off():
+    assert check_caption("http://example.com/a/b.jpg", FilterSpec(junk_captions=False)) is None
+
+
+def test_not_utf8_and_text_lengths():
+    assert decode_text("café".encode("latin-1")).reason == "caption_not_utf8"
+    assert decode_text("café".encode()) == "café"
+    assert decode_text(None) == ""
+    assert check_text("short", F).reason == "text_too_short"
+    assert check_text("   ", F).reason == "text_empty"
+    assert check_text("y" * 60, FilterSpec(text_max_chars=50)).reason == "text_too_long"
+
+
+def test_language():
+    en = "The fishing boats come back to the harbour at noon with their catch."
+    fr = "Les bateaux de pêche reviennent au port à midi avec leur prise du jour."
+    assert check_language(en, F)[0] is None and check_language(en, F)[1].startswith("en:")
+    assert check_language(fr, F)[0].reason == "language"
+    assert check_language("bonjour", F) == (None, "too_short_to_judge")
+    assert check_language(fr, FilterSpec()) == (None, "not_checked")
+    strict = FilterSpec(languages=["en"], min_language_score=1.0)
+    assert check_language(en, strict)[0].reason == "language"
+
+
+def test_per_source_overrides_merge_over_the_section():
+    spec = CurateSpec.model_validate(
+        {
+            "output": "/tmp/o",
+            "filters": {"min_side": 10, "languages": ["en"]},
+            "download": {"timeout_s": 3},
+            "sources": [
+                {"name": "a", "path": "a.parquet", "filters": {"languages": []}},
+                {"name": "b", "path": "b.data", "format": "csv", "download": {"retries": 0}},
+            ],
+        }
+    )
+    a, b = spec.sources
+    assert spec.source_filters(a).languages == [] and spec.source_filters(a).min_side == 10
+    assert spec.source_filters(b).languages == ["en"]
+    assert spec.source_download(b).retries == 0 and spec.source_download(b).timeout_s == 3
+
+
+def test_bad_curate_sections_name_the_place():
+    base = "name: x\ndata: {curated: [a], packed: b}\ncurate:\n  output: /tmp/o\n  sources:\n"
+    cases = {
+        "    - {name: a, path: a.txt}\n": "cannot infer the format",
+        "    - {name: a, path: a.csv, paths: [b.csv]}\n": "exactly one of",
+        "    - {name: a, path: a.csv}\n    - {name: a, path: b.csv}\n": "unique",
+        "    - {name: a, path: a.csv, filters: {min_side: 0}}\n": "curate.sources[0].filters.min_side",
+        "    - {name: a, path: a.csv, kind: video}\n": "curate.sources[0].kind",
+        "    - {name: a, path: a.csv, colums: {}}\n": "unknown key",
+    }
+    for tail, needle in cases.items():
+        with pytest.raises(ManifestError, match="m.yaml:") as e:
+            parse_manifest(base + tail, "m.yaml")
+        assert needle in str(e.value), str(e.value)
+
+
+def test_ranges_are_checked_after_merging_overrides():
+    base = {"output": "/tmp/o", "filters": {"min_side": 10}}
+    ok = {**base, "sources": [{"name": "a", "path": "a.csv", "filters": {"max_side": 20}}]}
+    spec = CurateSpec.model_validate(ok)  # 10 <= 20 once merged, though 32 (default) > 20
+    assert spec.source_filters(spec.sources[0]).max_side == 20
+    bad = {**base, "sources": [{"name": "a", "path": "a.csv", "filters": {"max_side": 5}}]}
+    with pytest.raises(ValueError, match=r"sources\[0\] \(a\).*min_side 10 > max_side 5"):
+        CurateSpec.model_validate(bad)
+    with pytest.raises(ValueError, match="min_side 50 > max_side 40"):
+        FilterSpec(min_side=50, max_side=40)
+    section = {"output": "/tmp/o", "filters": {"min_side": 20_000}}
+    with pytest.raises(ValueError, match="min_side 20000 > max_side 16384"):
+        CurateSpec.model_validate({**section, "sources": [{"name": "b", "path": "b.csv"}]})

@@ -1,0 +1,128 @@
+import io
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+    smart_resize as qwen_smart_resize,
+)
+
+from neo_data.encoding.images import ImageEncoding, ImageRejected, prepare_image, smart_resize
+from neo_data.manifest.model import STAGE_PIXELS
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 20000), st.integers(1, 20000), st.sampled_from(sorted(STAGE_PIXELS.values())))
+def test_smart_resize_equals_the_qwen2_vl_peer_at_factor_32(h, w, budget):
+    lo, hi = budget
+    if max(h, w) / min(h, w) > 200:
+        with pytest.raises(ImageRejected, match="aspect_ratio_too_extreme"):
+            smart_resize(h, w, lo, hi)
+        return
+    got = smart_resize(h, w, lo, hi)
+    if round(h / 32) and round(w / 32):  # no side rounds to 0: transformers' copy agrees there
+        assert got == qwen_smart_resize(h, w, factor=32, min_pixels=lo, max_pixels=hi)
+    assert got[0] % 32 == 0 and got[1] % 32 == 0 and min(got) >= 32
+    assert got[0] * got[1] <= hi
+
+
+def test_a_side_below_16_px_rounds_up_to_32_as_the_doc_and_qwen_vl_utils_say():
+    # transformers' smart_resize rounds 15 px to 0 and then upscales the whole image;
+    # the architecture doc (and qwen-vl-utils) take at least one 32 px row.
+    assert smart_resize(15, 2048, 65536, 4194304) == (32, 2048)
+    assert smart_resize(15, 1000, 65536, 4194304)[0] >= 32
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _gradient(w: int, h: int) -> Image.Image:
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None].repeat(w, 1)
+    return Image.fromarray(np.stack([x, y, 255 - x], -1))
+
+
+CASES = {
+    "jpeg": lambda: _encode(_gradient(300, 200), "JPEG"),
+    "png": lambda: _encode(_gradient(300, 200), "PNG"),
+    "webp": lambda: _encode(_gradient(300, 200), "WEBP"),
+    "gif": lambda: _encode(_gradient(300, 200).convert("P"), "GIF"),
+    "cmyk_jpeg": lambda: _encode(_gradient(300, 200).convert("CMYK"), "JPEG"),
+    "rgba_png": lambda: _encode(_gradient(300, 200).convert("RGBA"), "PNG"),
+    "grey16_png": lambda: _encode(
+        Image.fromarray((np.arange(200 * 300).reshape(200, 300) % 65536).astype(np.uint16)), "PNG"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_common_format_becomes_an_rgb_image_of_the_target_size(name):
+    out = prepare_image(CASES[name](), 65536, 4194304, ImageEncoding())
+    assert (out.height, out.width) == smart_resize(200, 300, 65536, 4194304)
+    with Image.open(io.BytesIO(out.data)) as im:
+        assert im.format == "JPEG" and im.mode == "RGB" and im.size == (out.width, out.height)
+
+
+def test_exif_rotation_is_applied_before_resizing():
+    img = _gradient(320, 160)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    out = prepare_image(_encode(img, "JPEG", exif=exif), 1024, 4194304, ImageEncoding())
+    assert (out.height, out.width) == (320, 160)  # upright: taller than wide
+
+
+def test_a_jpeg_already_at_its_target_size_keeps_its_bytes():
+    data = _encode(_gradient(512, 256), "JPEG", quality=90)
+    out = prepare_image(data, 65536, 4194304, ImageEncoding())
+    assert out.data == data and (out.height, out.width) == (256, 512)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+def test_encodings_round_trip_with_high_fidelity(fmt):
+    img = _gradient(640, 480)
+    out = prepare_image(_encode(img, "PNG"), 65536, 4194304, ImageEncoding(fmt, 95))
+    back = np.asarray(Image.open(io.BytesIO(out.data)).convert("RGB"), dtype=np.float64)
+    ref = np.asarray(
+        img.resize((out.width, out.height), Image.Resampling.BICUBIC), dtype=np.float64
+    )
+    mse = ((back - ref) ** 2).mean()
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+    assert psnr > 40
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "image_empty"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image_decode_error"),
+        (b"<html>not found</html>", "image_decode_error"),
+        (_encode(_gradient(64, 64), "JPEG")[:200], "image_decode_error"),
+        (_encode(_gradient(4020, 10), "PNG"), "aspect_ratio_too_extreme"),
+    ],
+)
+def test_bad_images_are_rejected_with_a_reason(data, reason):
+    with pytest.raises(ImageRejected) as e:
+        prepare_image(data, 65536, 4194304, ImageEncoding())
+    assert e.value.reason == reason
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_pixel_bomb_is_refused_before_decoding():
+    with pytest.raises(ImageRejected) as e:
+        prepare_image(
+            _png_header_only(50000, 50000), 65536, 4194304, ImageEncoding(), max_decode_pixels=10**8
+        )
+    assert e.value.reason == "image_too_many_pixels"

@@ -1,0 +1,289 @@
+"""The training loop's parts without Ray: trainable sets, schedule, data order and resume,
+loss normalisation, checkpoint round trip, stage export."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from neo_data.loader import BlendOrder, PackOrder, PackStream
+from neo_data.manifest.train import TrainSpec
+from neo_model.config import debug
+from neo_model.model import NeoChatModel
+from neo_model.train.loop import _pixel_budget, lr_factor
+from neo_model.train.stages import POST_LLM_HW, set_trainable, trainable_names
+from neo_model.weights import from_pretrained
+from tests.helpers import REPO, UNSHARE, free_port
+
+
+def test_stage_1_trains_exactly_patch_embedding_pre_buffer_and_post_llm_hw_parts():
+    cfg = debug()
+    with torch.device("meta"):
+        model = NeoChatModel(cfg)
+    names = set(trainable_names(model, cfg, "pretrain", "stage"))
+    expected = {
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.patch_embedding.bias",
+        "vision_model.embeddings.dense_embedding.weight",
+        "vision_model.embeddings.dense_embedding.bias",
+    }
+    for i in range(cfg.num_extra_layers):  # the pre-Buffer, whole
+        expected |= {
+            n
+            for n, _ in model.named_parameters()
+            if n.startswith(f"language_model.model.layers.{i}.")
+        }
+    for i in range(cfg.num_extra_layers, cfg.num_layers):  # post-LLM: H/W q/k and their norms
+        expected |= {f"language_model.model.layers.{i}.{part}weight" for part in POST_LLM_HW}
+    assert names == expected
+    frozen = {n for n, _ in model.named_parameters()} - names
+    assert "language_model.model.embed_tokens.weight" in frozen
+    assert "language_model.model.norm.weight" in frozen
+    assert f"language_model.model.layers.{cfg.num_extra_layers}.self_attn.q_proj.weight" in frozen
+    assert f"language_model.model.layers.{cfg.num_layers - 1}.mlp.down_proj.weight" in frozen
+    # stages 2 and 3, and trainable: all, train everything
+    everything = {n for n, _ in model.named_parameters()}
+    for stage, trainable in (("midtrain", "stage"), ("sft", "stage"), ("pretrain", "all")):
+        assert set(trainable_names(model, cfg, stage, trainable)) == everything
+    set_trainable(model, cfg, "pretrain", "stage")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+
+
+def test_schedule_warms_up_then_decays_to_the_minimum_ratio():
+    total, warmup, ratio = 100, 10, 0.1
+    f = [lr_factor(s, warmup, total, ratio) for s in range(total + 5)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10], strict=False))
+    assert all(a >= b for a, b in zip(f[10:total], f[11:total], strict=False))
+    assert f[total] == pytest.approx(ratio) and f[-1] == pytest.approx(ratio)
+    spec = TrainSpec(init={"kind": "random"}, output="x", steps=1)
+    assert spec.resolved_lr("pretrain") == (8e-4, 0.1)
+    assert spec.resolved_lr("midtrain") == (4e-5, 0.2)
+    assert spec.resolved_lr("sft") == (5e-5, 0.1)
+
+
+def test_order_is_seeded_covers_every_pack_each_epoch_and_ranks_are_disjoint():
+    order = PackOrder([3, 4, 2], seed=7)
+    epoch0 = [order.at(p) for p in range(9)]
+    assert sorted(epoch0) == sorted(order.refs)
+    assert [order.at(p) for p in range(9, 18)] != epoch0  # a new permutation per epoch
+    assert [PackOrder([3, 4, 2], seed=7).at(p) for p in range(30)] == [
+        order.at(p) for p in range(30)
+    ]
+    assert [PackOrder([3, 4, 2], seed=8).at(p) for p in range(9)] != epoch0
+
+
+def test_stream_resumes_with_the_very_next_packs(tiny_packed):
+    world = 2
+    full = [
+        [
+            p.pack_id
+            for _, p in zip(range(6), PackStream(tiny_packed, r, world, seed=3), strict=False)
+        ]
+        for r in range(world)
+    ]
+    # an interrupted run consumed 2 steps of 1 pack per rank: cursor = 2 * world
+    resumed = [
+        [
+            p.pack_id
+            for _, p in zip(
+                range(4), PackStream(tiny_packed, r, world, seed=3, start=2 * world), strict=False
+            )
+        ]
+        for r in range(world)
+    ]
+    assert [f[2:] for f in full] == resumed
+    assert not set(full[0]) & set(full[1][:2])  # ranks read different packs
+
+
+def _trainer_cmd(manifest: Path, out: Path, sets: list[str]) -> list[str]:
+    args = [sys.executable, "-m", "neo_model.train.loop", "--manifest", str(manifest)]
+    for s in [f"train.output={out}", *sets]:
+        args += ["--set", s]
+    return args
+
+
+def _env(log_dir: Path) -> dict:
+    return {**os.environ, "NEO_TRAIN_PACK_LOG": str(log_dir)}
+
+
+def _log(log_dir: Path, rank: int = 0) -> list[dict]:
+    return [json.loads(x) for x in (log_dir / f"rank-{rank}.jsonl").read_text().split("\n") if x]
+
+
+@pytest.fixture(scope="module")
+def manifest_file(tiny_packed, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("m") / "train.yaml"
+    path.write_text(
+        f"""
+name: tiny
+stage: pretrain
+data: {{curated: [unused], packed: {tiny_packed}}}
+pack: {{seq_len: 384, max_pixels: 4096, min_pixels: 1024, buckets: [{{name: all, max_image_tokens: 4}}]}}
+train:
+  init: {{kind: random, preset: debug}}
+  output: unused
+  steps: 6
+  log_every: 2
+  checkpoint_every: 2
+  trainable: all
+  lr: 1.0e-3
+"""
+    )
+    return path
+
+
+def test_killed_run_resumes_from_its_checkpoint_exactly(manifest_file, tmp_path):
+    """kill -9 a one-process run once its step-2 checkpoint is complete; the rerun continues
+    from the latest complete checkpoint with the very next packs, and ends with the same
+    weights, bit for bit, as a run that was never interrupted."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run = subprocess.run(
+        _trainer_cmd(manifest_file, straight, []), cwd=REPO, env=_env(tmp_path / "log-straight"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4, 6]  # every log_every steps
+    assert all(math.isfinite(m["loss"]) and m["tokens_per_s"] > 0 for m in metrics)
+
+    proc = subprocess.Popen(
+        _trainer_cmd(manifest_file, resumed, []), cwd=REPO, env=_env(tmp_path / "log-resumed"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    done = resumed / "checkpoints/step-00000002/.done-rank0"
+    deadline = time.time() + 300
+    while not done.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "export").exists(), "the run ended before it could be killed"
+    killed_steps = [x["step"] for x in _log(tmp_path / "log-resumed")]
+
+    run = subprocess.run(
+        _trainer_cmd(manifest_file, resumed, []), cwd=REPO, env=_env(tmp_path / "log-resumed"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "from step 2 (cursor 2)" in run.stderr or "from step 4 (cursor 4)" in run.stderr
+    logged = _log(tmp_path / "log-resumed")
+    after = logged[len(killed_steps) :]
+    assert after and after[0]["step"] in (3, 5)  # the step after the restored checkpoint
+    straight_log = {x["step"]: x["pack_id"] for x in _log(tmp_path / "log-straight")}
+    assert {x["step"]: x["pack_id"] for x in logged} == straight_log
+    assert all(straight_log[x["step"]] == x["pack_id"] for x in after)
+
+    a, b = from_pretrained(straight / "export"), from_pretrained(resumed / "export")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    state = json.loads((resumed / "checkpoints/step-00000006/trainer_state.json").read_text())
+    assert state == {"step": 6, "cursor": 6, "world_size": 1}
+    # keep_checkpoints (3) complete checkpoints are kept
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == [
+        "step-00000002", "step-00000004", "step-00000006",
+    ]  # fmt: skip
+
+
+def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(
+    netns, manifest_file, tmp_path
+):
+    """``torchrun`` with 2 CPU ranks (gloo) trains on the very packs, and to the same weights,
+    as one process taking both ranks' packs per step (``packs_per_step: 2``): the step's loss
+    is normalised by the weight total over every rank, so data parallelism changes nothing
+    but the summation order. torchrun's store binds every address, so it runs in a network
+    namespace of its own (only ``lo``)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    sets = ["train.steps=3", "train.checkpoint_every=3"]
+    run = subprocess.run(
+        _trainer_cmd(manifest_file, one, [*sets, "train.packs_per_step=2"]), cwd=REPO,
+        env=_env(tmp_path / "log-one"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    torchrun = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}", "-m", "neo_model.train.loop",
+    ]  # fmt: skip
+    trainer_args = _trainer_cmd(manifest_file, two, sets)[
+        3:
+    ]  # after `python -m neo_model.train.loop`
+    script = "ip link set lo up && exec " + " ".join(
+        shlex.quote(a) for a in torchrun + trainer_args
+    )
+    run = subprocess.run(
+        [*UNSHARE, "sh", "-c", script], cwd=REPO, env=_env(tmp_path / "log-two"),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 ranks on cpu" in run.stderr
+
+    one_log = _log(tmp_path / "log-one")
+    two_logs = [_log(tmp_path / "log-two", rank) for rank in (0, 1)]
+    for rank, log in enumerate(two_logs):  # rank r trains global positions r, r + 2, ...
+        assert [x["position"] for x in log] == [rank, rank + 2, rank + 4]
+    merged = sorted((x["step"], x["position"], x["pack_id"]) for log in two_logs for x in log)
+    assert merged == sorted((x["step"], x["position"], x["pack_id"]) for x in one_log)
+
+    # Adam moves a weight by about lr (1e-3) a step whatever the gradient's scale: a rank
+    # weighted wrongly would show as differences of that size; summation order gives ~1e-5.
+    a, b = from_pretrained(one / "export"), from_pretrained(two / "export")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_a_run_on_s3_resumes_from_its_checkpoint_read_in_place(manifest_file, s3_bucket, tmp_path):
+    """One process, checkpoints on S3 (moto): a second run of the same output with more steps
+    restores the step-2 checkpoint straight from S3 (DCP's fsspec reader, no local copy) and
+    trains on the very next packs."""
+    out = f"{s3_bucket}/resume"
+    log_dir = tmp_path / "log"
+    for steps in (2, 4):
+        run = subprocess.run(
+            _trainer_cmd(manifest_file, out, [f"train.steps={steps}", "train.checkpoint_every=2"]),
+            cwd=REPO, env=_env(log_dir), capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert "from step 2 (cursor 2)" in run.stderr
+    assert f"restoring from {out}/checkpoints/step-00000002" in run.stderr
+    assert [x["position"] for x in _log(log_dir)] == [0, 1, 2, 3]
+
+
+def test_a_stage_trains_on_a_mixture_of_packed_datasets(manifest_file, tiny_packed, tmp_path):
+    """``train.data`` as a mixture: the packs come from both datasets in the blend's order."""
+    other = tmp_path / "other-packed"
+    shutil.copytree(tiny_packed, other)
+    mixture = f"[{{path: {tiny_packed}, weight: 3}}, {{path: {other}, weight: 1}}]"
+    run = subprocess.run(
+        _trainer_cmd(manifest_file, tmp_path / "out",
+                     ["train.steps=4", "train.checkpoint_every=4", f"train.data={mixture}"]),
+        cwd=REPO, env=_env(tmp_path / "log"), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    logged = [(x["position"], x["dataset"]) for x in _log(tmp_path / "log")]
+    blend = BlendOrder([3, 1])
+    assert logged == [(p, blend.at(p)[0]) for p in range(4)]
+    assert {d for _, d in logged} == {0, 1}
+
+
+def test_a_mixture_of_datasets_packed_for_different_pixels_is_refused():
+    class Dataset:
+        def __init__(self, lo: int, hi: int):
+            self.index = {"pixels": {"min": lo, "max": hi}}
+
+    class Stream:
+        datasets = [Dataset(1024, 4096), Dataset(1024, 8192)]
+
+    with pytest.raises(
+        ValueError, match=r"train.data: b/packed was packed with pixels .*max.*8192"
+    ):
+        _pixel_budget(Stream(), [("a/packed", 1.0), ("b/packed", 1.0)])

@@ -1,0 +1,221 @@
+"""The trainer on Ray Train (V2) with two gloo workers: loss normalisation across ranks,
+checkpoints on S3 (moto), a killed worker restarted from the last checkpoint on the very next
+packs, and the three stages chained through their exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import s3fs
+import torch
+
+from neo_data.manifest.model import parse_manifest
+from neo_model.testing import tiny_qwen3
+from neo_model.train.ray_train import run_stage
+from neo_model.weights import from_pretrained
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+MANIFEST = """
+name: tiny
+stage: {stage}
+data: {{curated: [unused], packed: {packed}}}
+pack: {{seq_len: 384, max_pixels: 4096, min_pixels: 1024, buckets: [{{name: all, max_image_tokens: 4}}]}}
+train:
+  init: {init}
+  output: {output}
+  steps: {steps}
+  log_every: 2
+  checkpoint_every: 2
+  num_workers: {workers}
+  packs_per_step: {accum}
+  trainable: {trainable}
+  lr: 1.0e-3
+  loss_weighting: sample_sqrt
+  max_failures: 2
+"""
+
+
+def manifest(packed, output, *, stage="pretrain", init="{kind: random, preset: debug}",
+             steps=6, workers=2, accum=1, trainable="all"):  # fmt: skip
+    text = MANIFEST.format(
+        stage=stage, packed=packed, output=output, init=init, steps=steps, workers=workers,
+        accum=accum, trainable=trainable,
+    )  # fmt: skip
+    return parse_manifest(text, "test.yaml")
+
+
+def read_log(log_dir: Path, rank: int) -> list[dict]:
+    path = log_dir / f"rank-{rank}.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
+
+
+def assert_same_weights(a_dir, b_dir, atol=0.0):
+    a, b = from_pretrained(a_dir), from_pretrained(b_dir)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0 if atol == 0 else 1e-4, atol=atol, msg=name)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_local, tiny_packed, s3_endpoint, tmp_path_factory, monkeypatch_module):
+    """Two workers, 6 steps, checkpoints and export on S3 (moto)."""
+    logs = tmp_path_factory.mktemp("log-straight")
+    monkeypatch_module.setenv("NEO_TRAIN_PACK_LOG", str(logs))
+    s3fs.S3FileSystem().mkdir("neo-train-runs")
+    out = "s3://neo-train-runs/straight"
+    result = run_stage(manifest(tiny_packed, out))
+    monkeypatch_module.delenv("NEO_TRAIN_PACK_LOG")
+    return out, logs, result
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_checkpoints_and_export_land_on_s3(uninterrupted, tmp_path):
+    out, _, result = uninterrupted
+    fs = s3fs.S3FileSystem()
+    root = out.removeprefix("s3://")
+    steps = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/checkpoints") if "step-" in p)
+    assert steps == ["step-00000002", "step-00000004", "step-00000006"]
+    files = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/checkpoints/step-00000006")}
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "trainer_state.json"} <= files
+    state = json.loads(fs.cat(f"{root}/checkpoints/step-00000006/trainer_state.json"))
+    assert state == {"step": 6, "cursor": 12, "world_size": 2}
+    assert result.metrics["step"] == 6 and result.metrics["loss"] > 0
+    fs.get(f"{root}/export/", str(tmp_path / "export") + "/", recursive=True)
+    assert from_pretrained(tmp_path / "export").config.num_layers == 4
+
+
+def test_two_ranks_equal_one_rank_accumulating_the_same_packs(uninterrupted, tiny_packed, tmp_path):
+    """Loss normalisation: 2 ranks x 1 pack per step must step like 1 rank x 2 packs (the same
+    positions), with per-sample 1/sqrt(n) weights spread unevenly over ranks."""
+    out, _, _ = uninterrupted
+    one = tmp_path / "one-rank.yaml"
+    one.write_text(MANIFEST.format(
+        stage="pretrain", packed=tiny_packed, output=tmp_path / "one", steps=6, workers=1,
+        accum=2, trainable="all", init="{kind: random, preset: debug}",
+    ))  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "neo_model.train.loop", "--manifest", str(one)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    s3fs.S3FileSystem().get(
+        f"{out.removeprefix('s3://')}/export/", str(tmp_path / "two") + "/", recursive=True
+    )
+    assert_same_weights(tmp_path / "one" / "export", tmp_path / "two", atol=2e-6)
+
+
+def test_a_killed_worker_restarts_from_the_last_checkpoint_on_the_very_next_packs(
+    uninterrupted, ray_local, tiny_packed, tmp_path, monkeypatch
+):
+    _, straight_logs, _ = uninterrupted
+    logs = tmp_path / "log"
+    monkeypatch.setenv("NEO_TRAIN_PACK_LOG", str(logs))
+    killed: list[dict] = []
+
+    step_2 = tmp_path / "run" / "checkpoints" / "step-00000002"
+    files = ("trainer_state.json", ".metadata", "__0_0.distcp", "__1_0.distcp")
+
+    def kill_rank_1_after_the_step_2_checkpoint() -> None:
+        """SIGKILL rank 1 once the step-2 checkpoint is uploaded (Ray uploads asynchronously;
+        a checkpoint still in flight would be lost with the worker) and rank 1 is past it."""
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if all((step_2 / f).exists() for f in files):
+                time.sleep(1.0)  # Ray registers the checkpoint after its upload completes
+                seen = [x for x in read_log(logs, 1) if x["step"] >= 3]
+                if seen:
+                    os.kill(seen[-1]["pid"], signal.SIGKILL)
+                    killed.append(seen[-1])
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_rank_1_after_the_step_2_checkpoint, daemon=True)
+    killer.start()
+    result = run_stage(manifest(tiny_packed, tmp_path / "run"))
+    killer.join()
+    assert killed, "no worker was killed"
+    assert result.metrics["step"] == 6
+
+    for rank in (0, 1):
+        log = read_log(logs, rank)
+        pids = [x["pid"] for x in log]
+        restart = next(i for i, p in enumerate(pids) if p != pids[0])  # first step of new workers
+        assert log[restart]["step"] in (3, 5)  # right after the step-2 (or step-4) checkpoint
+        straight = {x["step"]: x["pack_id"] for x in read_log(straight_logs, rank)}
+        after = {x["step"]: x["pack_id"] for x in log[restart:]}
+        assert after == {s: straight[s] for s in after}
+        assert max(after) == 6
+    assert_same_weights(tmp_path / "run" / "export", _export_local(uninterrupted, tmp_path))
+
+
+def _export_local(uninterrupted, tmp_path) -> Path:
+    out, _, _ = uninterrupted
+    local = tmp_path / "straight-export"
+    s3fs.S3FileSystem().get(
+        f"{out.removeprefix('s3://')}/export/", str(local) + "/", recursive=True
+    )
+    return local
+
+
+def test_three_stages_chain_through_their_exports(ray_local, tiny_packed, tmp_path):
+    qwen = tiny_qwen3(tie=True)
+    qwen.save_pretrained(tmp_path / "qwen3")
+    stage1 = run_stage(manifest(
+        tiny_packed, tmp_path / "s1", steps=2, trainable="stage",
+        init=f"{{kind: qwen3, path: {tmp_path / 'qwen3'}, pre_buffer_layers: 2}}",
+    ))  # fmt: skip
+    s1 = from_pretrained(stage1.export)
+    assert s1.config.num_extra_layers == 2 and s1.config.num_hidden_layers == 2
+    # stage 1 left the Qwen3 weights as they were and trained the new parts
+    q = qwen.state_dict()
+    torch.testing.assert_close(
+        s1.language_model.model.embed_tokens.weight, q["model.embed_tokens.weight"], rtol=0, atol=0
+    )
+    for i in range(2):
+        post = s1.language_model.model.layers[2 + i]
+        torch.testing.assert_close(
+            post.self_attn.q_proj.weight, q[f"model.layers.{i}.self_attn.q_proj.weight"],
+            rtol=0, atol=0,
+        )  # fmt: skip
+        torch.testing.assert_close(
+            post.mlp.up_proj.weight, q[f"model.layers.{i}.mlp.up_proj.weight"], rtol=0, atol=0
+        )
+
+    stage2 = run_stage(manifest(
+        tiny_packed, tmp_path / "s2", stage="midtrain", steps=2, trainable="stage",
+        init=f"{{kind: neo, path: {stage1.export}}}",
+    ))  # fmt: skip
+    s2 = from_pretrained(stage2.export)
+    changed = {
+        n for (n, a), b in zip(s1.state_dict().items(), s2.state_dict().values(), strict=True)
+        if not torch.equal(a, b)
+    }  # fmt: skip
+    assert "language_model.model.embed_tokens.weight" in changed
+    assert "language_model.model.layers.3.mlp.up_proj.weight" in changed  # stage 2 trains all
+
+    stage3 = run_stage(manifest(
+        tiny_packed, tmp_path / "s3", stage="sft", steps=2, trainable="stage",
+        init=f"{{kind: neo, path: {stage2.export}}}",
+    ))  # fmt: skip
+    # the final export opens in `neo chat`
+    run = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "chat", "--checkpoint", stage3.export,
+         "--max-new-tokens", "4", "Hello?"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -288,7 +288,7 @@ def pack(manifest_path: Path) -> dict:
 def train(manifest_path: Path, log: Path) -> float:
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        cmd = [sys.executable, "-m", "neo_model.train.loop", "--manifest", str(manifest_path)]
+        cmd = [sys.executable, "-m", "pipelines.train_worker", "--manifest", str(manifest_path)]
         run = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
     if run.returncode != 0:
         raise SystemExit(f"training failed ({manifest_path}); see {log}:\n"

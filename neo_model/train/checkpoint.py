@@ -16,6 +16,11 @@ training thread:
 Restoring reads the checkpoint where it is (``restore()`` returns its URL): DCP reads each
 rank's items by byte range -- from a local directory, or from ``s3://`` through fsspec -- so a
 rank fetches its own shards, not the whole checkpoint.
+
+:func:`save_train_state` and :func:`restore_train_state` are the trainer's two ends of this (the
+sharded model and optimizer state plus the trainer state); :func:`export` writes the trained
+weights once more, whole, in the released NEO layout that ``neo chat``, ``neo serve`` and the
+next stage's ``train.init`` read.
 """
 
 from __future__ import annotations
@@ -26,12 +31,32 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from neo_data.format.storage import join, url_to_fs
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from neo_data.format.storage import is_local, join, url_to_fs
+from neo_data.manifest.train import TrainSpec
+from neo_model.config import NeoConfig
+from neo_model.model import NeoChatModel
+from neo_model.weights import save_pretrained
+
+if TYPE_CHECKING:
+    from neo_model.train.parallelize import Env
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_DIR = "checkpoints"  # <output>/checkpoints/step-XXXXXXXX/
+EXPORT_DIR = "export"  # <output>/export/: the trained weights in the released NEO layout
 
 
 class CheckpointStore(Protocol):
@@ -156,6 +181,66 @@ class FsspecStore:
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError(f"uploading a checkpoint to {self.url} failed: {error}") from error
+
+
+def open_store(spec: TrainSpec, env: Env) -> CheckpointStore:
+    """Ray Train's store under Ray, else checkpoints in ``<output>/checkpoints`` with fsspec."""
+    if env.under_ray:
+        return RayStore()
+    return FsspecStore(
+        join(spec.output, CHECKPOINT_DIR), env.rank, env.world_size, spec.keep_checkpoints
+    )
+
+
+def save_train_state(
+    model: NeoChatModel,
+    opt: torch.optim.Optimizer,
+    step: int,
+    cursor: int,
+    env: Env,
+    store: CheckpointStore,
+    metrics: dict[str, Any],
+) -> None:
+    """Save every rank's shard of the model and optimizer state (DCP, collective) and rank 0's
+    trainer state (step, data cursor, world size) locally, then hand them to ``store``."""
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    local = Path(tempfile.mkdtemp(prefix=f"neo-ckpt-{step}-r{env.rank}-"))
+    dcp.save(state, checkpoint_id=str(local))
+    if env.rank == 0:
+        trainer_state = {"step": step, "cursor": cursor, "world_size": env.world_size}
+        (local / TRAINER_STATE).write_text(json.dumps(trainer_state))
+    store.publish(local, step, metrics)
+
+
+def restore_train_state(model: NeoChatModel, opt: torch.optim.Optimizer, url: str) -> dict:
+    """Load a DCP checkpoint in place (local path or ``s3://``: each rank reads its items by
+    byte range); returns its trainer state."""
+    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    fs, root = url_to_fs(url)
+    if is_local(fs):
+        dcp.load(state, checkpoint_id=root)
+    else:
+        # torch 2.13 keeps DCP's fsspec reader here (no public re-export)
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+        dcp.load(state, storage_reader=FsspecReader(url))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, opt, state["optim"])
+    return json.loads(fs.cat_file(join(root, TRAINER_STATE)))
+
+
+def export(model: NeoChatModel, config: NeoConfig, url: str, rank: int) -> None:
+    """The trained weights in the released NEO layout at ``url`` (collective; rank 0 writes)."""
+    full = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if rank == 0:
+        plain = NeoChatModel(config)
+        plain.load_state_dict({k: v.float() for k, v in full.items()})
+        with tempfile.TemporaryDirectory(prefix="neo-export-") as tmp:
+            save_pretrained(plain, tmp)
+            put_dir(Path(tmp), url)
+    dist.barrier()
 
 
 def put_dir(local: Path, url: str) -> None:

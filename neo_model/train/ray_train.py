@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 
 from neo_data.format.storage import join
 from neo_data.manifest.model import Manifest
-from neo_model.train.loop import CHECKPOINT_DIR, EXPORT_DIR, train_worker
+from neo_model.train.checkpoint import CHECKPOINT_DIR, EXPORT_DIR
+from neo_model.train.loop import train_worker
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Which parameters each training stage trains.
+"""A training stage's model: where it starts (``train.init``), which parameters it trains, and
+the model built on every rank from the two.
 
 Stage 1 (pre-training) trains what is new in NEO and leaves the Qwen3 language model as it was:
 
@@ -10,15 +11,28 @@ Stage 1 (pre-training) trains what is new in NEO and leaves the Qwen3 language m
 Everything else (token embedding / tied head, the post-LLM's Qwen3 weights, the final norm) is
 frozen. Stages 2 and 3 train every parameter. (The released code's freezing helper is never called
 and would not select the pre-Buffer layers; this list implements the paper's intent.)
+
+The starting weights are random (a ``preset``), a Qwen3 checkpoint widened to NEO (``qwen3``)
+or an exported NEO checkpoint (``neo``, the previous stage's export). :func:`build_stage_model`
+builds the model on the meta device, applies the trainable set and the parallel layout
+(``neo_model.train.parallelize``), then materialises it and broadcasts rank 0's starting weights.
 """
 
 from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+from neo_data.manifest.train import TrainSpec
+from neo_model import config as presets
 from neo_model.config import NeoConfig
+from neo_model.model import NeoChatModel
+from neo_model.train.checkpoint import get_dir
+from neo_model.train.parallelize import Env, parallelize
+from neo_model.weights import _read_config, from_pretrained, from_qwen3
 
 POST_LLM_HW = (
     "self_attn.q_proj_hw.",
@@ -58,3 +72,49 @@ def set_trainable(model: nn.Module, config: NeoConfig, stage: str, trainable: st
     for name, p in model.named_parameters():
         p.requires_grad_(name in keep)
     return sorted(keep)
+
+
+def stage_config(spec: TrainSpec) -> NeoConfig:
+    """The stage's model config: the ``random`` preset's, or read from ``init.path``."""
+    init = spec.init
+    if init.kind == "random":
+        return getattr(presets, init.preset)()
+    local = get_dir(init.path)
+    if init.kind == "qwen3":
+        return NeoConfig.from_qwen3(_read_config(local), init.pre_buffer_layers)
+    return NeoConfig.from_released(_read_config(local))
+
+
+def initial_state(spec: TrainSpec, config: NeoConfig) -> dict[str, torch.Tensor]:
+    """Rank 0's full starting weights (fp32, CPU)."""
+    init = spec.init
+    if init.kind == "random":
+        torch.manual_seed(spec.seed)
+        model = NeoChatModel(config)
+    elif init.kind == "qwen3":
+        model = from_qwen3(
+            get_dir(init.path), num_extra_layers=init.pre_buffer_layers, seed=spec.seed
+        )
+    else:
+        model = from_pretrained(get_dir(init.path))
+    return model.state_dict()
+
+
+def build_stage_model(
+    spec: TrainSpec, stage: str, env: Env
+) -> tuple[NeoChatModel, NeoConfig, list[str]]:
+    """Meta-device model -> stage trainable set -> FSDP2 per layer -> materialised -> weights
+    broadcast from rank 0. Returns the model, its config and the trained parameter names."""
+    config = stage_config(spec)
+    with torch.device("meta"):
+        model = NeoChatModel(config)
+    trained = set_trainable(model, config, stage, spec.trainable)
+    parallelize(model, spec, env)
+    model.to_empty(device=env.device)
+    full = initial_state(spec, config) if env.rank == 0 else {}
+    set_model_state_dict(
+        model,
+        full,
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False),
+    )
+    return model, config, trained

@@ -24,7 +24,7 @@ from neo_data.manifest.model import (
 from neo_data.manifest.recaption import check_policy
 from neo_model.config import NeoConfig, neo_2_2b
 from neo_model.model import NeoChatModel
-from neo_model.train.loop import EXPORT_DIR
+from neo_model.train.checkpoint import EXPORT_DIR
 from neo_model.train.stages import trainable_names
 from tests.helpers import REPO
 
@@ -186,7 +186,7 @@ def test_stages_chain_through_their_exports(manifests):
     assert pt.init.pre_buffer_layers == 12
     assert (mt.init.kind, mt.init.path) == ("neo", pt.output + "/export")
     assert (sft.init.kind, sft.init.path) == ("neo", mt.output + "/export")
-    # "/export" is where the trainer writes (neo_model.train.loop.EXPORT_DIR)
+    # "/export" is where the trainer writes (neo_model.train.checkpoint.EXPORT_DIR)
     assert mt.init.path == join(pt.output, EXPORT_DIR)
     assert posixpath.basename(sft.init.path) == EXPORT_DIR
 

@@ -1,5 +1,5 @@
-"""The training loop's parts without Ray: trainable sets, schedule, data order and resume,
-loss normalisation, checkpoint round trip, stage export."""
+"""The training loop without Ray: data order and resume, loss normalisation, checkpoint round
+trip, stage export."""
 
 from __future__ import annotations
 
@@ -18,59 +18,9 @@ import pytest
 import torch
 
 from neo_data.loader import BlendOrder, PackOrder, PackStream
-from neo_data.manifest.train import TrainSpec
-from neo_model.config import debug
-from neo_model.model import NeoChatModel
-from neo_model.train.loop import _pixel_budget, lr_factor
-from neo_model.train.stages import POST_LLM_HW, set_trainable, trainable_names
+from neo_model.train.loop import _pixel_budget
 from neo_model.weights import from_pretrained
 from tests.helpers import REPO, UNSHARE, free_port
-
-
-def test_stage_1_trains_exactly_patch_embedding_pre_buffer_and_post_llm_hw_parts():
-    cfg = debug()
-    with torch.device("meta"):
-        model = NeoChatModel(cfg)
-    names = set(trainable_names(model, cfg, "pretrain", "stage"))
-    expected = {
-        "vision_model.embeddings.patch_embedding.weight",
-        "vision_model.embeddings.patch_embedding.bias",
-        "vision_model.embeddings.dense_embedding.weight",
-        "vision_model.embeddings.dense_embedding.bias",
-    }
-    for i in range(cfg.num_extra_layers):  # the pre-Buffer, whole
-        expected |= {
-            n
-            for n, _ in model.named_parameters()
-            if n.startswith(f"language_model.model.layers.{i}.")
-        }
-    for i in range(cfg.num_extra_layers, cfg.num_layers):  # post-LLM: H/W q/k and their norms
-        expected |= {f"language_model.model.layers.{i}.{part}weight" for part in POST_LLM_HW}
-    assert names == expected
-    frozen = {n for n, _ in model.named_parameters()} - names
-    assert "language_model.model.embed_tokens.weight" in frozen
-    assert "language_model.model.norm.weight" in frozen
-    assert f"language_model.model.layers.{cfg.num_extra_layers}.self_attn.q_proj.weight" in frozen
-    assert f"language_model.model.layers.{cfg.num_layers - 1}.mlp.down_proj.weight" in frozen
-    # stages 2 and 3, and trainable: all, train everything
-    everything = {n for n, _ in model.named_parameters()}
-    for stage, trainable in (("midtrain", "stage"), ("sft", "stage"), ("pretrain", "all")):
-        assert set(trainable_names(model, cfg, stage, trainable)) == everything
-    set_trainable(model, cfg, "pretrain", "stage")
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
-
-
-def test_schedule_warms_up_then_decays_to_the_minimum_ratio():
-    total, warmup, ratio = 100, 10, 0.1
-    f = [lr_factor(s, warmup, total, ratio) for s in range(total + 5)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(f[:10], f[1:10], strict=False))
-    assert all(a >= b for a, b in zip(f[10:total], f[11:total], strict=False))
-    assert f[total] == pytest.approx(ratio) and f[-1] == pytest.approx(ratio)
-    spec = TrainSpec(init={"kind": "random"}, output="x", steps=1)
-    assert spec.resolved_lr("pretrain") == (8e-4, 0.1)
-    assert spec.resolved_lr("midtrain") == (4e-5, 0.2)
-    assert spec.resolved_lr("sft") == (5e-5, 0.1)
 
 
 def test_order_is_seeded_covers_every_pack_each_epoch_and_ranks_are_disjoint():
@@ -108,7 +58,7 @@ def test_stream_resumes_with_the_very_next_packs(tiny_packed):
 
 
 def _trainer_cmd(manifest: Path, out: Path, sets: list[str]) -> list[str]:
-    args = [sys.executable, "-m", "neo_model.train.loop", "--manifest", str(manifest)]
+    args = [sys.executable, "-m", "pipelines.train_worker", "--manifest", str(manifest)]
     for s in [f"train.output={out}", *sets]:
         args += ["--set", s]
     return args
@@ -212,11 +162,11 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(
     assert run.returncode == 0, run.stderr[-3000:]
     torchrun = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-        f"--master-port={free_port()}", "-m", "neo_model.train.loop",
+        f"--master-port={free_port()}", "-m", "pipelines.train_worker",
     ]  # fmt: skip
     trainer_args = _trainer_cmd(manifest_file, two, sets)[
         3:
-    ]  # after `python -m neo_model.train.loop`
+    ]  # after `python -m pipelines.train_worker`
     script = "ip link set lo up && exec " + " ".join(
         shlex.quote(a) for a in torchrun + trainer_args
     )

@@ -109,7 +109,7 @@ def test_two_ranks_equal_one_rank_accumulating_the_same_packs(uninterrupted, tin
         accum=2, trainable="all", init="{kind: random, preset: debug}",
     ))  # fmt: skip
     run = subprocess.run(
-        [sys.executable, "-m", "neo_model.train.loop", "--manifest", str(one)],
+        [sys.executable, "-m", "pipelines.train_worker", "--manifest", str(one)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

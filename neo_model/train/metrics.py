@@ -1,0 +1,159 @@
+"""What a training run reports about itself.
+
+* :class:`Meter`: tokens, loss, FLOPs and time summed over the steps since the last log line,
+  reduced over ranks into the logged metrics (loss, lr, grad norm, tokens/s, three MFUs).
+* :class:`MetricsLog`: where rank 0 writes them -- the console line (:func:`format_metrics`),
+  TensorBoard event files in ``<output>/tensorboard`` and ``<output>/metrics.jsonl`` (the last
+  two for a local output only; on object stores the console and Ray's reported metrics carry
+  them).
+* :class:`PackLog`: with ``NEO_TRAIN_PACK_LOG`` set to a local directory, each rank appends the
+  packs it trains on (step, position, pack id, dataset, pid) to ``rank-<r>.jsonl``: what the
+  tests compare to check data order across ranks, restarts and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import IO
+
+import torch
+import torch.distributed as dist
+
+from neo_data.loader import LoadedPack
+from neo_data.manifest.train import TrainSpec
+from neo_model.train.flops import FlopCount
+from neo_model.train.parallelize import Env
+
+log = logging.getLogger("neo.train")
+METRICS_LOG = "metrics.jsonl"  # in a local output: the logged metrics, a JSON line per log step
+PACK_LOG_ENV = "NEO_TRAIN_PACK_LOG"  # a local directory: each rank appends the packs it trains on
+
+
+class Meter:
+    """Sums over the steps since the last log line, reduced over ranks at ``collect``."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens = self.supervised = self.steps = 0
+        self.loss = self.seconds = 0.0
+        self.flops = {"standard": 0, "mask_aware": 0, "frozen_corrected": 0}
+
+    def add(self, packs: list[LoadedPack], flops: FlopCount, loss: float, seconds: float) -> None:
+        """``loss``: this rank's share of the step's global mean (summed over ranks later)."""
+        for p in packs:
+            self.tokens += p.num_tokens
+            self.supervised += p.num_supervised
+            for k, v in flops.step(p.sample_lengths, p.image_sizes).items():
+                self.flops[k] += v
+        self.loss += loss
+        self.seconds += seconds
+        self.steps += 1
+
+    def collect(self, step, lr, grad_norm, env: Env, peak_tflops: float) -> dict[str, float]:
+        local = torch.tensor(
+            [self.tokens, self.supervised, self.loss, *self.flops.values()], dtype=torch.float64
+        )
+        dist.all_reduce(local)
+        seconds = torch.tensor([self.seconds], dtype=torch.float64)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        tokens, supervised, loss, *fl = local.tolist()
+        secs = max(float(seconds[0]), 1e-9)
+        peak = peak_tflops * 1e12 * env.world_size * secs
+        metrics = {
+            "step": step,
+            "loss": loss / self.steps,  # mean of each step's global weighted mean
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens / secs,
+            "supervised_per_s": supervised / secs,
+            **{f"mfu_{k}": v / peak for k, v in zip(self.flops, fl, strict=True)},
+        }
+        self.reset()
+        return metrics
+
+
+def format_metrics(m: dict[str, float]) -> str:
+    return (
+        f"step {int(m['step']):>6}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  "
+        f"grad {m['grad_norm']:.3f}  tok/s {m['tokens_per_s']:,.0f}  "
+        f"MFU std {m['mfu_standard']:.2%} mask {m['mfu_mask_aware']:.2%} "
+        f"frozen {m['mfu_frozen_corrected']:.2%}"
+    )
+
+
+class MetricsLog:
+    """Rank 0's outputs of the logged metrics (every other rank writes nothing): the console,
+    TensorBoard and ``metrics.jsonl``, the last two for a local ``train.output`` only."""
+
+    def __init__(self, spec: TrainSpec, rank: int) -> None:
+        self.rank = rank
+        self.tensorboard = _tensorboard(spec, rank)
+        self.jsonl = _open_metrics_log(spec, rank)
+
+    def write(self, metrics: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
+        log.info(format_metrics(metrics))
+        if self.tensorboard is not None:
+            for k, v in metrics.items():
+                self.tensorboard.add_scalar(f"train/{k}", v, metrics["step"])
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(metrics) + "\n")
+            self.jsonl.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+
+
+def _open_metrics_log(spec: TrainSpec, rank: int) -> IO[str] | None:
+    """``<output>/metrics.jsonl``: rank 0's log lines as JSON, one per ``log_every`` steps (local
+    output only, like TensorBoard). A resumed run appends; the last line of a step wins."""
+    if rank != 0 or "://" in spec.output:
+        return None
+    Path(spec.output).mkdir(parents=True, exist_ok=True)
+    return open(Path(spec.output) / METRICS_LOG, "a")  # noqa: SIM115 -- lives for the run
+
+
+def _tensorboard(spec: TrainSpec, rank: int):
+    """TensorBoard event files in ``<output>/tensorboard`` (local output only; on object stores
+    the console and Ray's reported metrics carry them)."""
+    if rank != 0 or "://" in spec.output:
+        return None
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(Path(spec.output) / "tensorboard"))
+
+
+class PackLog:
+    """This rank's trained packs, a JSON line each, appended to
+    ``$NEO_TRAIN_PACK_LOG/rank-<r>.jsonl`` (nothing when the variable is unset). The file stays
+    open for the run."""
+
+    def __init__(self, rank: int) -> None:
+        where = os.environ.get(PACK_LOG_ENV)
+        self.file: IO[str] | None = None
+        if where:
+            Path(where).mkdir(parents=True, exist_ok=True)
+            self.file = open(Path(where) / f"rank-{rank}.jsonl", "a")  # noqa: SIM115
+
+    def write(self, step: int, packs: list[LoadedPack]) -> None:
+        if self.file is None:
+            return
+        for p in packs:
+            rec = {
+                "step": step,
+                "position": p.position,
+                "pack_id": p.pack_id,
+                "dataset": p.dataset,
+                "pid": os.getpid(),
+            }
+            self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()

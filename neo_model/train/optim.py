@@ -1,0 +1,44 @@
+"""The optimizer of a training stage: AdamW over the trainable parameters and its learning-rate
+schedule (linear warm-up, then cosine down to a fraction of the peak)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from neo_data.manifest.train import TrainSpec
+from neo_model.model import NeoChatModel
+
+
+def build_optimizer(
+    model: NeoChatModel, spec: TrainSpec, stage: str, total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters (no weight decay on norms and 1-D weights) and the
+    schedule: linear warm-up over ``warmup`` of the steps, then cosine to ``min_lr_ratio``."""
+    peak, min_ratio = spec.resolved_lr(stage)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": spec.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=peak, betas=tuple(spec.betas), foreach=False
+    )
+    warmup = max(1, round(spec.warmup * total_steps)) if spec.warmup > 0 else 0
+
+    def factor(step: int) -> float:
+        return lr_factor(step, warmup, total_steps, min_ratio)
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak LR at ``step`` (0-based): warm-up then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -52,7 +52,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from neo_data.format.storage import is_local, join, url_to_fs
 from neo_data.loader import LoadedPack, PackStream
-from neo_data.manifest.model import Manifest
+from neo_data.manifest import Manifest
 from neo_data.manifest.train import TrainSpec
 from neo_model import config as presets
 from neo_model.attention import PAD_SAMPLE
@@ -507,7 +507,7 @@ def format_metrics(m: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """One process or ``torchrun``: ``python -m neo_model.train.loop --manifest FILE [--set K=V]``."""
-    from neo_data.manifest.model import load_manifest, parse_overrides
+    from neo_data.manifest import load_manifest, parse_overrides
 
     ap = argparse.ArgumentParser(prog="python -m neo_model.train.loop")
     ap.add_argument("--manifest", required=True)

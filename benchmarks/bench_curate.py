@@ -100,7 +100,7 @@ def run_ours(
     url_file: Path, out: Path, processes: int, threads: int, rows_per_task: int, engine: str
 ):
     from neo_data.curate.job import run_curate
-    from neo_data.manifest.model import Manifest
+    from neo_data.manifest import Manifest
 
     manifest = Manifest.model_validate(
         {

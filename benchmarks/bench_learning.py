@@ -279,7 +279,7 @@ def write_manifest(path: Path, body: dict[str, Any]) -> Path:
 
 
 def pack(manifest_path: Path) -> dict:
-    from neo_data.manifest.model import load_manifest
+    from neo_data.manifest import load_manifest
     from neo_data.pack.job import run_pack
 
     return run_pack(load_manifest(str(manifest_path))).index

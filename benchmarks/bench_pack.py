@@ -108,7 +108,7 @@ def bench_throughput(images: list[bytes], workers: int) -> list[tuple[str, float
     # The whole Ray pack job (encode, plan, shuffle, write shards, index) on the same images.
     import ray
 
-    from neo_data.manifest.model import parse_manifest
+    from neo_data.manifest import parse_manifest
     from neo_data.pack.job import run_pack
     from neo_data.ray_env import init_ray
 
@@ -150,7 +150,7 @@ def bench_job_fill(n: int = 80_000) -> tuple[int, int, int, float]:
     """Fill of the pack job's own plan (windows, default buckets, text ratio 0.3) on the mix."""
     import pyarrow as pa
 
-    from neo_data.manifest.model import parse_manifest
+    from neo_data.manifest import parse_manifest
     from neo_data.pack.job import LENGTH_SCHEMA, bucket_of, plan_window
 
     pack = parse_manifest("name: b\ndata: {curated: [x], packed: y}\n", "bench").resolved_pack()

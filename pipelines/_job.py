@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from neo_data.manifest.model import Manifest, ManifestError, load_manifest, parse_overrides
+from neo_data.manifest import Manifest, ManifestError, load_manifest, parse_overrides
 
 
 def job_parser(prog: str, doc: str, set_example: str) -> argparse.ArgumentParser:

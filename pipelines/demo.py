@@ -20,9 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from neo_data.manifest.model import Manifest, load_manifest
+from neo_data.manifest import Manifest, example_path, load_manifest
 
-MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 STAGE_MANIFESTS = ("demo.yaml", "demo-midtrain.yaml", "demo-sft.yaml")
 DEFAULT_ROOT = "runs/demo"
 MARKER = ".neo-demo"  # a directory `neo demo` made (and may replace on the next run)
@@ -146,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     root = str(out).rstrip("/")
     steps_override = {"train.steps": args.train_steps} if args.train_steps else None
     stages = [
-        relocate(load_manifest(MANIFESTS / name, steps_override), root) for name in STAGE_MANIFESTS
+        relocate(load_manifest(example_path(name), steps_override), root)
+        for name in STAGE_MANIFESTS
     ]
     first = stages[0]
     pack = first.resolved_pack()

@@ -7,6 +7,9 @@ neo manifest set FILE KEY=VALUE...       edit values in place (comments kept); r
                                          a manifest that does not validate
 neo manifest diff A B                    differences of the resolved manifests; exit 1 if any
 neo manifest schema                      the JSON Schema, for editors that validate while typing
+neo manifest example [NAME]              print a bundled manifest (> my.yaml; one that extends
+                                         another comes merged, --as-written as it is); no NAME:
+                                         list them
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ import argparse
 import json
 import sys
 
-import yaml
-
-from neo_data.manifest.model import (
+from neo_data.manifest import (
     MISSING,
     ManifestError,
     diff_manifests,
     edit_manifest,
+    example_names,
+    example_purpose,
+    example_text,
     format_key_path,
     get_path,
     load_manifest,
     manifest_json_schema,
+    manifest_yaml,
     parse_key_path,
     resolve_manifest,
 )
@@ -68,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(run=_diff)
     sc = sub.add_parser("schema", help="print the JSON Schema of a manifest (for editors)")
     sc.set_defaults(run=_schema)
+    x = sub.add_parser("example", help="print a bundled manifest, or list them")
+    x.add_argument("name", nargs="?", help="e.g. pretrain (no name: list them)")
+    x.add_argument(
+        "--as-written", action="store_true", help="the file as it is (`extends` and comments kept)"
+    )
+    x.set_defaults(run=_example)
     return ap
 
 
@@ -100,7 +111,7 @@ def _show(args: argparse.Namespace) -> int:
             return 2
         data = {format_key_path(keys): value}
     print("\n".join(header))
-    print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100), end="")
+    print(manifest_yaml(data), end="")
     return 0
 
 
@@ -129,4 +140,16 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _schema(args: argparse.Namespace) -> int:
     print(json.dumps(manifest_json_schema(), indent=2))
+    return 0
+
+
+def _example(args: argparse.Namespace) -> int:
+    if args.name is not None:
+        print(example_text(args.name, as_written=args.as_written), end="")
+        return 0
+    names = example_names()
+    width = max(map(len, names))
+    print("Bundled manifests (`neo manifest example NAME > my.yaml`):")
+    for name in names:
+        print(f"  {name:<{width}}  {example_purpose(name, 96 - width)}")
     return 0

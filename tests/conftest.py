@@ -109,7 +109,7 @@ pack:
 def tiny_packed(ray_local, tmp_path_factory) -> str:
     """A small real packed dataset (demo captions, conversations and texts; 384-token packs,
     images of at most 64x64 pixels) for training tests."""
-    from neo_data.manifest.model import parse_manifest
+    from neo_data.manifest import parse_manifest
     from neo_data.pack.job import run_pack
     from neo_data.synthetic.scenes import write_demo_dataset
 
@@ -128,7 +128,7 @@ def tiny_packed(ray_local, tmp_path_factory) -> str:
 def demo_packed(ray_local, tmp_path_factory) -> str:
     """The bundled demo set, curated (``<root>/curated``) and packed with manifests/demo.yaml's
     pack settings (``<root>/packed``): a real dataset to browse. Yields ``<root>``."""
-    from neo_data.manifest.model import load_manifest
+    from neo_data.manifest import load_manifest
     from neo_data.pack.job import run_pack
     from neo_data.synthetic.scenes import write_demo_dataset
 

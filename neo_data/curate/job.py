@@ -63,8 +63,8 @@ from neo_data.curate.rows import RowContext, process_row, sample_id
 from neo_data.curate.sources import plan_source_files, read_rows
 from neo_data.format.schema import CURATED_SCHEMA, REJECTED_DIR, WORK_DIR
 from neo_data.format.storage import atomic_write, claim_work_dir, join, url_to_fs
+from neo_data.manifest import Manifest
 from neo_data.manifest.curate import CurateSpec
-from neo_data.manifest.model import Manifest
 
 log = logging.getLogger(__name__)
 

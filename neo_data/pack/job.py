@@ -52,7 +52,7 @@ from neo_data.format.storage import (
     table_to_parquet_bytes,
     url_to_fs,
 )
-from neo_data.manifest.model import Manifest, PackSpec
+from neo_data.manifest import Manifest, PackSpec
 from neo_data.pack.packing import build_pack, choose_groups
 
 log = logging.getLogger(__name__)

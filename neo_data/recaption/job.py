@@ -49,7 +49,7 @@ from neo_data.format.storage import (
     table_to_parquet_bytes,
     url_to_fs,
 )
-from neo_data.manifest.model import Manifest
+from neo_data.manifest import Manifest
 from neo_data.manifest.recaption import RecaptionSpec, check_policy
 from neo_data.pack.job import OutputConflict, list_inputs
 from neo_data.recaption.captioners import Caption, make_captioner

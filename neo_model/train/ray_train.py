@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from neo_data.format.storage import join
-from neo_data.manifest.model import Manifest
+from neo_data.manifest import Manifest
 from neo_model.train.checkpoint import CHECKPOINT_DIR, EXPORT_DIR
 from neo_model.train.loop import train_worker
 

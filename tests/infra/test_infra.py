@@ -196,7 +196,7 @@ def test_entrypoint_module_exists(job):
 @pytest.mark.parametrize("job", JOBS)
 def test_entrypoint_manifest_exists_and_validates(job):
     """Fails until the stage manifests (manifests/pretrain.yaml ...) are written."""
-    from neo_data.manifest.model import load_manifest
+    from neo_data.manifest import load_manifest
 
     path = REPO / entrypoint(job)[4]
     assert path.is_file(), f"{path.relative_to(REPO)} is missing"

@@ -1,4 +1,4 @@
-"""`neo manifest validate|show|set|diff|schema` through the `neo` command, as a user runs it."""
+"""`neo manifest validate|show|set|diff|schema|example` through the `neo` command, as a user runs it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neo_data.manifest.model import load_manifest
+from neo_data.manifest import load_manifest
 from pipelines import cli
 from tests.helpers import REPO
 
@@ -123,5 +123,66 @@ def test_help_lists_the_subcommands(capsys):
         cli.main(["manifest", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for word in ("validate", "show", "set", "diff", "schema"):
+    for word in ("validate", "show", "set", "diff", "schema", "example"):
         assert f"neo manifest {word}" in out
+
+
+BUNDLED = REPO / "manifests"
+
+
+def test_example_lists_every_bundled_manifest_with_its_purpose(capsys):
+    assert cli.main(["manifest", "example"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = sorted(p.stem for p in BUNDLED.glob("*.yaml"))
+    assert [line.split()[0] for line in lines[1:]] == names
+    assert all(len(line) <= 100 for line in lines)
+    assert "  base  " in lines[1] and lines[1].endswith("What the three training stages share.")
+
+
+def test_example_that_extends_prints_a_manifest_that_stands_alone(tmp_path, capsys):
+    """`neo manifest example pretrain > my.yaml` in an empty folder (no base.yaml beside it)
+    validates and resolves to exactly what manifests/pretrain.yaml resolves to."""
+    assert cli.main(["manifest", "example", "pretrain"]) == 0
+    out = capsys.readouterr().out
+    mine = tmp_path / "my.yaml"
+    mine.write_text(out)
+    assert cli.main(["manifest", "validate", str(mine)]) == 0
+    assert f"{mine}: ok (neo-pretrain, stage pretrain" in capsys.readouterr().out
+    assert (
+        load_manifest(mine).content_hash()
+        == load_manifest(BUNDLED / "pretrain.yaml").content_hash()
+    )
+    assert "extends" not in yaml.safe_load(out)
+    header = out[: out.index("\nname: ")]
+    assert header.startswith(
+        "# `neo manifest example pretrain`: pretrain.yaml with what it extends (base.yaml)"
+    )
+    assert "--as-written" in header and "`neo manifest example base > base.yaml`" in header
+    leading = (BUNDLED / "pretrain.yaml").read_text().split("\nextends:")[0]
+    assert leading in header  # the file's own comment block stays
+
+
+def test_example_as_written_needs_its_base_beside_it(tmp_path, capsys):
+    assert cli.main(["manifest", "example", "pretrain", "--as-written"]) == 0
+    (tmp_path / "pretrain.yaml").write_text(capsys.readouterr().out)
+    assert (tmp_path / "pretrain.yaml").read_text() == (BUNDLED / "pretrain.yaml").read_text()
+    assert cli.main(["manifest", "validate", str(tmp_path / "pretrain.yaml")]) == 1
+    assert "base.yaml: no such manifest" in capsys.readouterr().err
+    assert cli.main(["manifest", "example", "base.yaml"]) == 0  # the suffix may be given
+    (tmp_path / "base.yaml").write_text(capsys.readouterr().out)
+    assert (
+        load_manifest(tmp_path / "pretrain.yaml").content_hash()
+        == load_manifest(BUNDLED / "pretrain.yaml").content_hash()
+    )
+
+
+def test_example_without_extends_comes_as_written(capsys):
+    for name in ("curate_example", "demo"):
+        assert cli.main(["manifest", "example", name]) == 0
+        assert capsys.readouterr().out == (BUNDLED / f"{name}.yaml").read_text()
+
+
+def test_example_unknown_name_lists_the_names(capsys):
+    assert cli.main(["manifest", "example", "pretrian"]) == 2
+    err = capsys.readouterr().err
+    assert "no example manifest 'pretrian'; there are: base, curate_example, demo," in err

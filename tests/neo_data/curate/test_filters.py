@@ -16,8 +16,8 @@ from neo_data.curate.filters import (  # noqa: E402
     decode_text,
     inspect_image,
 )
+from neo_data.manifest import ManifestError, parse_manifest  # noqa: E402
 from neo_data.manifest.curate import CurateSpec, FilterSpec  # noqa: E402
-from neo_data.manifest.model import ManifestError, parse_manifest  # noqa: E402
 from neo_data.synthetic.crawl import encode, images, png_header_only, smooth_image  # noqa: E402
 
 F = FilterSpec(max_decode_pixels=4_000_000, languages=["en"])

@@ -26,7 +26,7 @@ import yaml
 
 from neo_data.curate.job import CURATE_REJECTED_SCHEMA, CurateError, format_report, run_curate  # noqa: E402
 from neo_data.format.schema import CURATED_SCHEMA, check_schema  # noqa: E402
-from neo_data.manifest.model import parse_manifest  # noqa: E402
+from neo_data.manifest import parse_manifest  # noqa: E402
 from neo_data.pack.job import list_inputs, plan_units  # noqa: E402
 from neo_data.synthetic.crawl import (  # noqa: E402
     CASES,
@@ -407,7 +407,7 @@ def test_resume_after_kill_9_gives_the_clean_output(run, server, tmp_path, capsy
 
 
 def test_the_example_manifest_validates():
-    from neo_data.manifest.model import load_manifest
+    from neo_data.manifest import load_manifest
 
     m = load_manifest(REPO / "manifests" / "curate_example.yaml")
     spec = m.curate
@@ -442,7 +442,7 @@ def test_the_engine_is_part_of_the_section_hash(run):
 
 
 def test_an_unknown_engine_is_named():
-    from neo_data.manifest.model import ManifestError
+    from neo_data.manifest import ManifestError
 
     manifest = yaml.safe_load((REPO / "manifests" / "curate_example.yaml").read_text())
     manifest["curate"]["sources"][0]["download"] = {"engine": "wget"}

@@ -11,7 +11,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
 )
 
 from neo_data.encoding.images import ImageEncoding, ImageRejected, prepare_image, smart_resize
-from neo_data.manifest.model import STAGE_PIXELS
+from neo_data.manifest import STAGE_PIXELS
 
 
 @settings(max_examples=400, deadline=None)

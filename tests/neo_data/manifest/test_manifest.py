@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from neo_data.manifest.model import (
+from neo_data.manifest import (
     MISSING,
     Manifest,
     ManifestError,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from neo_data.format.storage import join
-from neo_data.manifest.model import (
+from neo_data.manifest import (
     Manifest,
     ManifestError,
     load_manifest,

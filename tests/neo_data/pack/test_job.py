@@ -13,7 +13,7 @@ from neo_data.encoding.encode import SampleEncoder
 from neo_data.encoding.tokens import IGNORE_INDEX, load_tokenizer
 from neo_data.format.schema import PACKED_SCHEMA, check_schema
 from neo_data.format.shards import PackedDataset
-from neo_data.manifest.model import parse_manifest
+from neo_data.manifest import parse_manifest
 from neo_data.pack.job import OutputConflict, encode_settings, run_pack, verify_counts
 from tests.helpers import caption_row, conversation_row, image_bytes, text_row, write_curated
 

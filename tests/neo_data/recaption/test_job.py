@@ -19,7 +19,7 @@ from neo_data.encoding.encode import EncodeSettings, SampleEncoder, stable_unit_
 from neo_data.encoding.images import ImageEncoding
 from neo_data.encoding.tokens import load_tokenizer, user_content
 from neo_data.format.schema import CURATED_SCHEMA, REJECTED_SCHEMA, check_schema
-from neo_data.manifest.model import Manifest, load_manifest
+from neo_data.manifest import Manifest, load_manifest
 from neo_data.manifest.recaption import RecaptionSpec, check_policy
 from neo_data.pack.job import OutputConflict
 from neo_data.recaption.job import (

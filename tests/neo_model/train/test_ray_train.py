@@ -17,7 +17,7 @@ import pytest
 import s3fs
 import torch
 
-from neo_data.manifest.model import parse_manifest
+from neo_data.manifest import parse_manifest
 from neo_model.testing import tiny_qwen3
 from neo_model.train.ray_train import run_stage
 from neo_model.weights import from_pretrained

@@ -57,7 +57,8 @@ from neo_data.manifest.train import TrainSpec
 from neo_model import config as presets
 from neo_model.attention import PAD_SAMPLE
 from neo_model.config import NeoConfig
-from neo_model.model import NeoChatModel, loss_weights, normalize_image
+from neo_model.loss import loss_weights
+from neo_model.model import NeoChatModel, normalize_image
 from neo_model.train.checkpoint import (
     TRAINER_STATE,
     CheckpointStore,

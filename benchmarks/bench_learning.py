@@ -383,9 +383,9 @@ def answer(model, tok, images: list[Image.Image], questions: list[str], pixels: 
 
 
 def evaluate(export: str, tok, held, images, qas, eval_urls, pixels) -> dict[str, Any]:
-    from neo_model.prompting import load_checkpoint
+    from neo_model.weights import load_for_inference
 
-    model, _ = load_checkpoint(export, "cpu")
+    model, _ = load_for_inference(export, "cpu")
     res: dict[str, Any] = {
         "loss": packed_loss(model, eval_urls["matched"]),
         "loss_shuffled": packed_loss(model, eval_urls["shuffled"]),

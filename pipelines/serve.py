@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from neo_data.encoding.tokens import BUILTIN, load_tokenizer
-from neo_model.prompting import CheckpointError, load_checkpoint, pixel_budget
+from neo_model.prompting import pixel_budget
 from neo_model.serve.app import ServeSettings, create_app
+from neo_model.weights import CheckpointError, load_for_inference
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        model, vision = load_checkpoint(args.checkpoint, args.device)
+        model, vision = load_for_inference(args.checkpoint, args.device)
         min_pixels, max_pixels = pixel_budget(model, vision, args.min_pixels, args.max_pixels)
         tok = load_tokenizer(args.tokenizer)
     except (CheckpointError, OSError, ValueError) as e:

@@ -2,7 +2,7 @@
 checkpoint (``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``).
 
 Binds to 127.0.0.1 unless ``--host`` says otherwise. Images are sent as ``data:`` URLs in
-``image_url`` parts; see :mod:`neo_model.serve.app` for the limits and error answers.
+``image_url`` parts; see :mod:`neo_model.serve.protocol` for the limits and error answers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from neo_data.encoding.tokens import BUILTIN, load_tokenizer
 from neo_model.prompting import pixel_budget
-from neo_model.serve.app import ServeSettings, create_app
+from neo_model.serve.protocol import ServeSettings, create_app
 from neo_model.weights import CheckpointError, load_for_inference
 
 

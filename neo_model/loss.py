@@ -1,9 +1,9 @@
 """The language-model loss: per-token weights, and cross-entropy summed with them.
 
 Two paths share :func:`loss_weights`: :func:`causal_lm_loss` on full ``[B, L, vocab]`` logits
-(the weighted mean that ``NeoChatModel(..., labels=...)`` returns), and :func:`chunked_token_loss` on hidden states
-(the trainer's path: the vocabulary projection runs in recomputed chunks, never for every
-position at once). Both compute the cross-entropy in fp32.
+(the weighted mean that ``NeoChatModel(..., labels=...)`` returns), and
+:func:`chunked_token_loss` on hidden states (the trainer's path: the vocabulary projection runs
+in recomputed chunks, never for every position at once). Both compute the cross-entropy in fp32.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import torch
 
 from neo_data.encoding.tokens import BUILTIN, load_tokenizer
 from neo_model.prompting import pixel_budget
-from neo_model.serve.protocol import ServeSettings, create_app
+from neo_model.serve.app import create_app
+from neo_model.serve.protocol import ServeSettings
 from neo_model.weights import CheckpointError, load_for_inference
 
 

@@ -187,7 +187,7 @@ def batch_loss(model, seqs: list[tuple[list[int], list[int]]]) -> tuple[torch.Te
     """Summed cross-entropy of a right-padded batch of (ids, labels), and its target count. The
     vocabulary projection runs on the target rows only, a chunk at a time (the trainer's
     ``chunked_token_loss``): the 151,936-wide logits of every position would dominate."""
-    from neo_model.model import chunked_token_loss
+    from neo_model.loss import chunked_token_loss
 
     width = max(len(s) for s, _ in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
@@ -305,7 +305,7 @@ def train(manifest_path: Path, log: Path) -> float:
 def packed_loss(model, url: str) -> float:
     """Mean cross-entropy per supervised token over every pack of a packed dataset."""
     from neo_data.loader import PackStream
-    from neo_model.model import loss_weights
+    from neo_model.loss import loss_weights
     from neo_model.train.loop import model_inputs
 
     stream = PackStream(url, 0, 1, seed=0)
@@ -383,9 +383,9 @@ def answer(model, tok, images: list[Image.Image], questions: list[str], pixels: 
 
 
 def evaluate(export: str, tok, held, images, qas, eval_urls, pixels) -> dict[str, Any]:
-    from neo_model.prompting import load_checkpoint
+    from neo_model.weights import load_for_inference
 
-    model, _ = load_checkpoint(export, "cpu")
+    model, _ = load_for_inference(export, "cpu")
     res: dict[str, Any] = {
         "loss": packed_loss(model, eval_urls["matched"]),
         "loss_shuffled": packed_loss(model, eval_urls["shuffled"]),

@@ -18,7 +18,8 @@ import torch
 from neo_data.encoding.positions import next_t, thw_indices
 from neo_data.encoding.tokens import ENDOFTEXT_ID, IM_END_ID, IMG_CONTEXT_ID
 from neo_model.attention import PAD_SAMPLE
-from neo_model.model import KVCache, NeoChatModel
+from neo_model.cache import KVCache
+from neo_model.model import NeoChatModel
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,15 @@ mark where NEO differs from Qwen3:
   ``1/sqrt(head_dim)``.
 * The mask is NEO's mixed mask (``neo_model.attention``), not plain causal.
 * ``<IMG_CONTEXT>`` embeddings are replaced by the patch embedding's output, in order.
+
+RoPE lives in :mod:`neo_model.rope`, the generation cache in :mod:`neo_model.cache`, the loss
+in :mod:`neo_model.loss`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,159 +28,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from neo_data.encoding.positions import ImageTokenMismatch
-from neo_data.encoding.tokens import IGNORE_INDEX, IMG_CONTEXT_ID
-from neo_model.attention import (
-    AttentionMask,
-    Backend,
-    attend,
-    build_mask,
-    stack_sample_ids,
-)
+from neo_data.encoding.tokens import IMG_CONTEXT_ID
+from neo_model.attention import AttentionMask, Backend, attend, build_mask, stack_sample_ids
+from neo_model.cache import KVCache
 from neo_model.config import NeoConfig
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-LossWeighting = Literal["token", "sample_sqrt"]
-
-
-def normalize_image(image: Image.Image | np.ndarray) -> torch.Tensor:
-    """An RGB image (already at its smart-resize size) as ``[3, H, W]`` float32, ImageNet-normalised."""
-    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {array.dtype} {array.shape}")
-    pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (pixels - mean) / std
-
-
-# ---------------------------------------------------------------------------------------------
-# Rotary position embeddings (fp32)
-# ---------------------------------------------------------------------------------------------
-
-
-def inverse_frequencies(dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
-    """``[dim / 2]`` fp32 frequencies ``theta ** (-2i / dim)``."""
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=device).to(torch.float32) / dim
-    return 1.0 / (theta**exponents)
-
-
-def rope_cos_sin(
-    positions: torch.Tensor, dim: int, theta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate-half RoPE tables for integer ``positions [B, L]``: cos and sin ``[B, L, dim]``, fp32."""
-    freqs = positions.to(torch.float32)[..., None] * inverse_frequencies(
-        dim, theta, positions.device
-    )
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Rotates half the hidden dims of the input."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [B, heads, L, D]`` by tables ``[B, L, D]``; computed in fp32, returned in x's dtype."""
-    x32 = x.to(torch.float32)
-    cos, sin = cos[:, None], sin[:, None]
-    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
-
-
-def apply_rope_interleaved(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate adjacent channel pairs ``(2i, 2i+1)`` of ``x [..., D]`` by ``positions [...]``, fp32."""
-    angles = positions.to(torch.float32)[..., None] * inverse_frequencies(
-        x.shape[-1], theta, x.device
-    )
-    cos, sin = angles.cos(), angles.sin()
-    x32 = x.to(torch.float32)
-    even, odd = x32[..., 0::2], x32[..., 1::2]
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-    return rotated.flatten(-2)
-
-
-def vision_rope_2d(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """2D RoPE on patch features ``x [rows, cols, C]`` (fp32 result).
-
-    The first ``C / 2`` channels are rotated by the patch's column index, the last ``C / 2`` by
-    its row index (adjacent-pair rotation), as in the released ``NEOVisionEmbeddings``.
-    """
-    rows, cols, channels = x.shape
-    row_idx = torch.arange(rows, device=x.device)[:, None].expand(rows, cols)
-    col_idx = torch.arange(cols, device=x.device)[None, :].expand(rows, cols)
-    by_col, by_row = x.split(channels // 2, dim=-1)
-    return torch.cat(
-        (
-            apply_rope_interleaved(by_col, col_idx, theta),
-            apply_rope_interleaved(by_row, row_idx, theta),
-        ),
-        dim=-1,
-    )
-
-
-@dataclass(frozen=True)
-class NativeRope:
-    """cos/sin tables ``[B, L, dim]`` of the three axes: T (``head_dim``), H and W (``head_dim/2``)."""
-
-    t: tuple[torch.Tensor, torch.Tensor]
-    h: tuple[torch.Tensor, torch.Tensor]
-    w: tuple[torch.Tensor, torch.Tensor]
-
-    @classmethod
-    def build(
-        cls, config: NeoConfig, t_index: torch.Tensor, h_index: torch.Tensor, w_index: torch.Tensor
-    ) -> NativeRope:
-        return cls(
-            t=rope_cos_sin(t_index, config.head_dim, config.rope_theta),
-            h=rope_cos_sin(h_index, config.hw_dim, config.rope_theta_hw),
-            w=rope_cos_sin(w_index, config.hw_dim, config.rope_theta_hw),
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# KV cache
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class KVCache:
-    """Per layer: keys ``[B, kv_heads, S, 2 * head_dim]`` (T | H | W, after RoPE) and values
-    ``[B, kv_heads, S, head_dim]``; plus the sample ids and image ordinals ``[B, S]`` of the ``S``
-    cached tokens, which the mask of later queries needs."""
-
-    keys: list[torch.Tensor] = field(default_factory=list)
-    values: list[torch.Tensor] = field(default_factory=list)
-    sample_ids: torch.Tensor | None = None
-    image_ordinal: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.sample_ids is None else self.sample_ids.shape[1]
-
-    def update(
-        self, layer_idx: int, key: torch.Tensor, value: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's ``key`` / ``value`` for ``layer_idx``; return all cached so far."""
-        if layer_idx == len(self.keys):
-            self.keys.append(key)
-            self.values.append(value)
-        else:
-            self.keys[layer_idx] = torch.cat((self.keys[layer_idx], key), dim=2)
-            self.values[layer_idx] = torch.cat((self.values[layer_idx], value), dim=2)
-        return self.keys[layer_idx], self.values[layer_idx]
-
-    def extend_tokens(
-        self, sample_ids: torch.Tensor, image_ordinal: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the new tokens' ids and ordinals; return those of all cached tokens."""
-        if self.sample_ids is not None and self.image_ordinal is not None:
-            sample_ids = torch.cat((self.sample_ids, sample_ids), dim=1)
-            image_ordinal = torch.cat((self.image_ordinal, image_ordinal), dim=1)
-        self.sample_ids, self.image_ordinal = sample_ids, image_ordinal
-        return sample_ids, image_ordinal
-
+from neo_model.loss import LossWeighting, causal_lm_loss, chunked_token_loss
+from neo_model.rope import NativeRope, apply_rope, vision_rope_2d
 
 # ---------------------------------------------------------------------------------------------
 # Language model
@@ -355,6 +210,21 @@ class NeoLanguageModel(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_image(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """An RGB image (already at its smart-resize size) as ``[3, H, W]`` float32, ImageNet-normalised."""
+    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {array.dtype} {array.shape}")
+    pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (pixels - mean) / std
+
+
 class NeoVisionEmbeddings(nn.Module):
     """Conv 16/16 -> GELU -> 2D RoPE on the features -> Conv 2/2: one token per 32x32 pixels."""
 
@@ -475,11 +345,11 @@ class NeoChatModel(nn.Module):
             backend: ``"sdpa"``, ``"sdpa_segments"`` or ``"flex"``; default flex on CUDA,
                 sdpa_segments elsewhere (sdpa with a KV cache past the prompt).
             cache: a :class:`KVCache` to extend (generation); positions continue after it.
-            loss_weights: ``[B, L]`` per-token weights (:func:`loss_weights`) with ``labels``:
-                the training path. Returns ``loss = sum_i w_i CE_i`` (not divided) and no
-                logits; the vocabulary projection runs only at weighted positions, in chunks
-                recomputed in the backward pass, so ``[tokens, vocab]`` logits never exist at
-                once (150k-word vocabularies dominate memory otherwise).
+            loss_weights: ``[B, L]`` per-token weights (:func:`neo_model.loss.loss_weights`)
+                with ``labels``: the training path. Returns ``loss = sum_i w_i CE_i`` (not
+                divided) and no logits; the vocabulary projection runs only at weighted
+                positions, in chunks recomputed in the backward pass, so ``[tokens, vocab]``
+                logits never exist at once (150k-word vocabularies dominate memory otherwise).
         """
         if sample_ids is not None and cu_seqlens is not None:
             raise ValueError("pass sample_ids or cu_seqlens, not both")
@@ -539,87 +409,3 @@ class NeoChatModel(nn.Module):
         return inputs_embeds.masked_scatter(
             is_image[..., None], image_embeds.to(inputs_embeds.dtype)
         )
-
-
-def loss_weights(
-    labels: torch.Tensor, sample_ids: torch.Tensor, weighting: LossWeighting = "token"
-) -> torch.Tensor:
-    """Per-token loss weights ``[B, L]`` (float32; 0 where ``labels`` is -100).
-
-    ``"token"``: 1 per supervised token. ``"sample_sqrt"`` (the released training code): a token
-    of a sample with ``n`` supervised tokens weighs ``1/sqrt(n)``, so a sample's total is
-    ``sqrt(n)``. ``sample_ids`` tells the packed samples apart, row by row.
-    """
-    weight = (labels != IGNORE_INDEX).to(torch.float32)
-    if weighting == "token":
-        return weight
-    if weighting != "sample_sqrt":
-        raise ValueError(f"loss_weighting {weighting!r}: expected 'token' or 'sample_sqrt'")
-    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
-    keys = torch.stack((rows.flatten(), sample_ids.flatten().to(rows.device)), dim=1)
-    _, group = torch.unique(keys, dim=0, return_inverse=True)
-    flat = weight.flatten()
-    per_sample = torch.bincount(group, weights=flat)
-    return (flat / per_sample[group].clamp(min=1).sqrt()).view_as(weight)
-
-
-def weighted_token_loss(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    """``sum_i weights_i * CE(logits_i, labels_i)`` over ``[B, L]`` tokens (fp32; not divided:
-    the trainer divides by the weight total over every rank and micro-batch of a step)."""
-    token_loss = F.cross_entropy(
-        logits.flatten(0, 1).float(),
-        labels.long().flatten(),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    )
-    return (token_loss * weights.flatten()).sum()
-
-
-LOSS_CHUNK = 512  # supervised tokens per vocabulary-projection chunk
-
-
-def _chunk_loss(
-    hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    logits = F.linear(hidden, head).float()
-    return (F.cross_entropy(logits, labels, reduction="none") * weights).sum()
-
-
-def chunked_token_loss(
-    hidden: torch.Tensor,
-    head: torch.Tensor,
-    labels: torch.Tensor,
-    weights: torch.Tensor,
-    chunk: int | None = None,
-) -> torch.Tensor:
-    """``sum_i weights_i * CE(hidden_i @ head.T, labels_i)`` over ``[N, hidden]`` rows, one
-    ``chunk`` of rows at a time, each recomputed in the backward pass (activation
-    checkpointing): the peak is one chunk's ``[chunk, vocab]`` logits, not ``[N, vocab]``."""
-    chunk = chunk or LOSS_CHUNK
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, hidden.shape[0], chunk):
-        e = s + chunk
-        total = total + checkpoint(
-            _chunk_loss, hidden[s:e], head, labels[s:e], weights[s:e], use_reentrant=False
-        )
-    return total
-
-
-def causal_lm_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    sample_ids: torch.Tensor,
-    weighting: LossWeighting = "token",
-) -> torch.Tensor:
-    """Weighted mean cross-entropy over supervised tokens (fp32).
-
-    Args:
-        logits: ``[B, L, vocab]``.
-        labels: ``[B, L]`` already-shifted targets, -100 = not supervised.
-        sample_ids: ``[B, L]`` packed-sample id per token (for ``"sample_sqrt"``).
-        weighting: see :func:`loss_weights`.
-    """
-    weights = loss_weights(labels, sample_ids, weighting)
-    return weighted_token_loss(logits, labels, weights) / weights.sum().clamp(min=1e-6)

@@ -14,6 +14,9 @@ on text (architecture doc, section 6):
 :func:`save_pretrained` / :func:`from_pretrained` use the released layout: ``config.json``
 (``neo_chat``, see :meth:`NeoConfig.to_released`) and safetensors keyed exactly like
 ``NeoChatModel.state_dict()``, sharded with ``model.safetensors.index.json`` like HF.
+:func:`load_for_inference` is what ``neo chat``, ``neo serve`` and the ``neo`` recaption backend
+load a checkpoint with: eval mode on a device, and one :class:`CheckpointError` naming the folder
+and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from neo_model.config import NeoConfig
@@ -224,3 +228,22 @@ def from_pretrained(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
     model = _empty_model(config, dtype)
     model.load_state_dict(state, strict=True)
     return model
+
+
+class CheckpointError(ValueError):
+    """A directory is not a loadable NEO checkpoint (the message names it and why)."""
+
+
+def load_for_inference(path: str, device: str) -> tuple[NeoChatModel, dict]:
+    """The model (eval mode, on ``device``; bf16 on CUDA) and the raw ``vision_config`` of its
+    config.json. Raises :class:`CheckpointError`."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {path}: no such directory")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        model = from_pretrained(directory, dtype)
+        vision = _read_config(directory)["vision_config"]
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise CheckpointError(f"checkpoint {path}: not a NEO checkpoint ({e})") from e
+    return model.to(device).eval(), vision

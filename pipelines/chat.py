@@ -31,15 +31,10 @@ from neo_data.encoding.tokens import (
     load_tokenizer,
     user_content,
 )
-from neo_model import prompting
 from neo_model.generate import Prompt, SamplingParams, generate
 from neo_model.model import NeoChatModel
-from neo_model.prompting import (  # noqa: F401  (build_prompt: part of chat's public names)
-    MAX_DECODE_PIXELS,
-    CheckpointError,
-    build_prompt,
-    pixel_budget,
-)
+from neo_model.prompting import MAX_DECODE_PIXELS, build_prompt, pixel_budget
+from neo_model.weights import CheckpointError, load_for_inference
 
 HELP = "commands: /image PATH (attach to the next question), /reset, /exit"
 
@@ -68,10 +63,10 @@ def load_image(source: str, min_pixels: int, max_pixels: int) -> Image.Image:
     return image
 
 
-def load_checkpoint(path: str, device: str) -> tuple[NeoChatModel, dict]:
-    """The model (eval mode, on ``device``) and the raw ``vision_config`` of its config.json."""
+def open_checkpoint(path: str, device: str) -> tuple[NeoChatModel, dict]:
+    """:func:`neo_model.weights.load_for_inference`, its errors as :class:`ChatError`."""
     try:
-        return prompting.load_checkpoint(path, device)
+        return load_for_inference(path, device)
     except CheckpointError as e:
         raise ChatError(str(e)) from e
 
@@ -183,7 +178,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        model, vision = load_checkpoint(args.checkpoint, args.device)
+        model, vision = open_checkpoint(args.checkpoint, args.device)
         try:
             min_pixels, max_pixels = pixel_budget(model, vision, args.min_pixels, args.max_pixels)
         except ValueError as e:

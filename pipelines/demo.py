@@ -100,9 +100,10 @@ def answer_held_out(
     from neo_data.encoding.tokens import load_tokenizer
     from neo_data.synthetic.scenes import caption_for, held_out_scenes, qa_for, render_scene
     from neo_model.generate import Prompt, SamplingParams, generate
-    from neo_model.prompting import build_prompt, load_checkpoint
+    from neo_model.prompting import build_prompt
+    from neo_model.weights import load_for_inference
 
-    model, _ = load_checkpoint(export, "cpu")
+    model, _ = load_for_inference(export, "cpu")
     tok = load_tokenizer(pack.tokenizer)
     rows = []
     for scene in held_out_scenes(seed, 2, **counts):

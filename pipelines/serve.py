@@ -2,7 +2,7 @@
 checkpoint (``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``).
 
 Binds to 127.0.0.1 unless ``--host`` says otherwise. Images are sent as ``data:`` URLs in
-``image_url`` parts; see :mod:`neo_model.serve.app` for the limits and error answers.
+``image_url`` parts; see :mod:`neo_model.serve.protocol` for the limits and error answers.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from neo_data.encoding.tokens import BUILTIN, load_tokenizer
-from neo_model.prompting import CheckpointError, load_checkpoint, pixel_budget
-from neo_model.serve.app import ServeSettings, create_app
+from neo_model.prompting import pixel_budget
+from neo_model.serve.app import create_app
+from neo_model.serve.protocol import ServeSettings
+from neo_model.weights import CheckpointError, load_for_inference
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        model, vision = load_checkpoint(args.checkpoint, args.device)
+        model, vision = load_for_inference(args.checkpoint, args.device)
         min_pixels, max_pixels = pixel_budget(model, vision, args.min_pixels, args.max_pixels)
         tok = load_tokenizer(args.tokenizer)
     except (CheckpointError, OSError, ValueError) as e:

@@ -39,7 +39,8 @@ from neo_data.loader import LoadedPack, PackStream
 from neo_data.manifest import Manifest
 from neo_data.manifest.train import TrainSpec
 from neo_model.attention import PAD_SAMPLE
-from neo_model.model import NeoChatModel, loss_weights, normalize_image
+from neo_model.loss import loss_weights
+from neo_model.model import NeoChatModel, normalize_image
 from neo_model.train.checkpoint import (
     EXPORT_DIR,
     export,

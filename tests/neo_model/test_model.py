@@ -14,7 +14,8 @@ from PIL import Image
 from neo_data.encoding.positions import ImageTokenMismatch
 from neo_data.encoding.tokens import IMG_CONTEXT_ID, IMG_START_ID
 from neo_model.config import debug, neo_2_2b, neo_9b
-from neo_model.model import NeoChatModel, causal_lm_loss, loss_weights, normalize_image
+from neo_model.loss import loss_weights
+from neo_model.model import NeoChatModel, normalize_image
 from tests.neo_model.neo_inputs import make_pack, make_sample, model_inputs, random_images
 
 CAPTION = [("user", "Look: <image>\nDescribe it."), ("assistant", "A red square on grey.")]
@@ -134,27 +135,13 @@ def test_chunked_training_loss_equals_the_full_logits_loss(debug_model, caption_
     (full.loss * weights.sum()).backward()
     expected = {n: p.grad.clone() for n, p in debug_model.named_parameters()}
     debug_model.zero_grad(set_to_none=True)
-    with patch("neo_model.model.LOSS_CHUNK", 3):  # several chunks, the last one short
+    with patch("neo_model.loss.LOSS_CHUNK", 3):  # several chunks, the last one short
         out = debug_model(*inputs, pixel_values=images, labels=labels, loss_weights=weights)
     assert out.logits is None and int((weights > 0).sum()) > 6
     torch.testing.assert_close(out.loss.float(), (full.loss.detach() * weights.sum()).float())
     out.loss.backward()
     for n, p in debug_model.named_parameters():
         torch.testing.assert_close(p.grad, expected[n])
-
-
-def test_sample_sqrt_weighting():
-    torch.manual_seed(0)
-    logits = torch.randn(1, 10, 7)
-    labels = torch.tensor([[1, 2, 3, -100, -100, 4, -100, 5, -100, -100]])
-    sample_ids = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, -1, -1]])
-    ce = F.cross_entropy(logits[0], labels[0], ignore_index=-100, reduction="none")
-    w_first, w_second = 1 / 3**0.5, 1 / 2**0.5  # 3 and 2 supervised tokens
-    expected = (w_first * ce[:3].sum() + w_second * (ce[5] + ce[7])) / (3 * w_first + 2 * w_second)
-    got = causal_lm_loss(logits, labels, sample_ids, "sample_sqrt")
-    torch.testing.assert_close(got, expected)
-    token_mean = causal_lm_loss(logits, labels, sample_ids, "token")
-    torch.testing.assert_close(token_mean, ce[labels[0] != -100].mean())
 
 
 def test_normalize_image():

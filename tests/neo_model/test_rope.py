@@ -8,7 +8,7 @@ import torch
 from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding, apply_rotary_pos_emb
 
-from neo_model.model import apply_rope, apply_rope_interleaved, rope_cos_sin, vision_rope_2d
+from neo_model.rope import apply_rope, apply_rope_interleaved, rope_cos_sin, vision_rope_2d
 
 
 def test_rotate_half_rope_is_a_complex_rotation_of_split_pairs():

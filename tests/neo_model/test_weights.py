@@ -9,7 +9,8 @@ import torch
 
 from neo_model.attention import build_mask
 from neo_model.config import NeoConfig, debug
-from neo_model.model import NativeRope, NeoChatModel
+from neo_model.model import NeoChatModel
+from neo_model.rope import NativeRope
 from neo_model.weights import (
     INDEX_NAME,
     WEIGHTS_NAME,

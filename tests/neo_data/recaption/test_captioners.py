@@ -22,8 +22,9 @@ from neo_data.recaption.captioners import (
     make_captioner,
 )
 from neo_model.generate import Prompt, SamplingParams, generate
-from neo_model.prompting import build_prompt, load_checkpoint
+from neo_model.prompting import build_prompt
 from neo_model.testing import save_random_llava, save_random_neo
+from neo_model.weights import load_for_inference
 from tests.helpers import image_bytes
 
 PROMPT = "Describe the image."
@@ -87,7 +88,7 @@ def test_transformers_backend_records_a_corrupt_image_and_goes_on(llava_dir):
 def test_neo_backend_equals_chat_prompt_and_generate(neo_dir):
     captioner = NeoCaptioner(str(neo_dir), PROMPT, GEN, CAP, device="cpu")
     tok = load_tokenizer()
-    model, _ = load_checkpoint(str(neo_dir), "cpu")
+    model, _ = load_for_inference(str(neo_dir), "cpu")
     images = pictures()
     got = captioner.caption([[b] for b in images] + [[images[0], images[1]]])
     assert all(c.text for c in got), got

@@ -30,8 +30,9 @@ from neo_data.recaption.job import (
     run_recaption,
 )
 from neo_model.generate import Prompt, SamplingParams, generate
-from neo_model.prompting import build_prompt, load_checkpoint
+from neo_model.prompting import build_prompt
 from neo_model.testing import save_random_llava, save_random_neo
+from neo_model.weights import load_for_inference
 from tests.helpers import REPO, caption_row, conversation_row, text_row, write_curated
 
 PROMPT = "Write a caption."
@@ -95,7 +96,7 @@ def read_out(out: Path, name: str) -> list[dict]:
 
 def expected_caption(neo_dir: Path, data: bytes) -> str:
     """The peer: ``neo chat``'s prompt path and generate on the same image."""
-    model, _ = load_checkpoint(str(neo_dir), "cpu")
+    model, _ = load_for_inference(str(neo_dir), "cpu")
     tok = load_tokenizer()
     img = Image.open(io.BytesIO(data)).convert("RGB")
     cfg = model.config

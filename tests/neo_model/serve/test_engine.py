@@ -14,7 +14,8 @@ from neo_model.config import debug
 from neo_model.generate import Prompt, SamplingParams, generate, generate_steps
 from neo_model.model import NeoChatModel
 from neo_model.prompting import build_prompt
-from neo_model.serve.app import ChatRequest, Engine, ServeSettings, _held_back, _Job
+from neo_model.serve.engine import Engine, _held_back, _Job
+from neo_model.serve.protocol import ChatRequest, ServeSettings
 
 
 @pytest.fixture(scope="module")

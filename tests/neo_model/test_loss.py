@@ -1,0 +1,22 @@
+"""The loss on its own: per-sample weighting against a hand-written weighted mean."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from neo_model.loss import causal_lm_loss
+
+
+def test_sample_sqrt_weighting():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 10, 7)
+    labels = torch.tensor([[1, 2, 3, -100, -100, 4, -100, 5, -100, -100]])
+    sample_ids = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, -1, -1]])
+    ce = F.cross_entropy(logits[0], labels[0], ignore_index=-100, reduction="none")
+    w_first, w_second = 1 / 3**0.5, 1 / 2**0.5  # 3 and 2 supervised tokens
+    expected = (w_first * ce[:3].sum() + w_second * (ce[5] + ce[7])) / (3 * w_first + 2 * w_second)
+    got = causal_lm_loss(logits, labels, sample_ids, "sample_sqrt")
+    torch.testing.assert_close(got, expected)
+    token_mean = causal_lm_loss(logits, labels, sample_ids, "token")
+    torch.testing.assert_close(token_mean, ce[labels[0] != -100].mean())

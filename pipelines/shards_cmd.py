@@ -261,7 +261,7 @@ def save_images(pack: dict, out: str, only_sample: int | None = None) -> list[st
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from neo_data.browser.web import BackgroundServer, is_loopback
+    from neo_data.browser.server import BackgroundServer, is_loopback
 
     server = BackgroundServer(args.url, args.host, args.port, args.depth)
     if not is_loopback(args.host):

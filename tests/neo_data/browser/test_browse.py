@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from neo_data.browser import layout as thw
+from neo_data.browser.server import BackgroundServer
 from neo_data.browser.views import (
     Turn,
     find_datasets,
@@ -30,7 +31,6 @@ from neo_data.browser.views import (
     source_counts,
     token_rows,
 )
-from neo_data.browser.web import BackgroundServer
 from neo_data.encoding.encode import SampleEncoder
 from neo_data.encoding.tokens import IGNORE_INDEX, load_tokenizer
 from neo_data.format.schema import INDEX_NAME

@@ -10,8 +10,9 @@ backend         what runs
                 serve``); images as data URLs; a concurrency limit, timeouts, and retries
                 with exponential backoff on 429 / 5xx / connection errors (the official
                 ``openai`` client's retry policy)
-``neo``          a NEO checkpoint from our trainer (:mod:`neo_model.generate`), prompts built
-                by :mod:`neo_model.prompting` exactly like ``neo chat``
+``neo``          a NEO checkpoint from our trainer (:class:`neo_model.captioner.NeoCaptioner`:
+                :mod:`neo_model.generate`, prompts built by :mod:`neo_model.prompting`
+                exactly like ``neo chat``)
 =============== =====================================================================
 
 A sample's images are decoded first (:func:`neo_data.encoding.images.open_image`: upright RGB, the
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib
 import io
 import logging
 import os
@@ -78,8 +80,9 @@ class Captioner(ABC):
     """One model, one prompt, one set of generation settings; ``caption`` maps a batch.
 
     Subclasses implement ``prepare`` (one sample's encoded images -> what ``run`` takes; may
-    raise :class:`~neo_data.encoding.images.ImageRejected`) and ``run`` (a batch of prepared samples ->
-    one text or :class:`Caption` each)."""
+    raise :class:`~neo_data.encoding.images.ImageRejected`) and ``run`` (a batch of prepared
+    samples -> one text or :class:`Caption` each), and name their own settings in
+    ``spec_options``."""
 
     backend: str = ""
 
@@ -88,6 +91,17 @@ class Captioner(ABC):
         self.prompt = prompt
         self.generation = generation
         self.max_decode_pixels = max_decode_pixels
+
+    @classmethod
+    def from_spec(cls, spec: RecaptionSpec, device: str | None = None) -> Captioner:
+        """This backend built from a ``recaption:`` section, loaded and ready."""
+        common = (spec.model, spec.prompt, spec.generation, spec.max_decode_pixels)
+        return cls(*common, **cls.spec_options(spec, device))
+
+    @classmethod
+    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
+        """The keyword arguments of this backend's ``__init__`` beyond the common four."""
+        return {}
 
     def caption(self, samples: Sequence[Sequence[bytes]]) -> list[Caption]:
         """One :class:`Caption` per sample (its encoded images, usually one), in order."""
@@ -139,7 +153,7 @@ def _as_caption(result: str | Caption) -> Caption:
 # ---------------------------------------------------------------------------------------------
 
 
-def _torch_device(device: str | None) -> str:
+def torch_device(device: str | None) -> str:
     import torch
 
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -171,7 +185,7 @@ class TransformersCaptioner(Captioner):
         super().__init__(model, prompt, generation, max_decode_pixels)
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         self.processor = AutoProcessor.from_pretrained(model)
         self.processor.tokenizer.padding_side = "left"  # decoder-only batched generation
         self.model = (
@@ -182,6 +196,10 @@ class TransformersCaptioner(Captioner):
             .eval()
         )
         self._templates: dict[int, str] = {}
+
+    @classmethod
+    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
+        return {"dtype": spec.dtype, "device": device}
 
     def template(self, num_images: int) -> str:
         if num_images not in self._templates:
@@ -215,66 +233,6 @@ class TransformersCaptioner(Captioner):
             out = self.model.generate(**inputs, **kwargs)
         new = out[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new, skip_special_tokens=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# NEO
-# ---------------------------------------------------------------------------------------------
-
-
-class NeoCaptioner(Captioner):
-    """A NEO checkpoint: prompts like ``neo chat`` (user turn ``<image>\\n`` per image + the
-    prompt), batched :func:`neo_model.generate.generate`."""
-
-    backend = "neo"
-
-    def __init__(
-        self,
-        model: str,
-        prompt: str,
-        generation: GenerationSpec,
-        max_decode_pixels: int,
-        tokenizer: str = "builtin:qwen3",
-        device: str | None = None,
-    ):
-        super().__init__(model, prompt, generation, max_decode_pixels)
-        from neo_data.encoding.tokens import load_tokenizer
-        from neo_model.generate import SamplingParams
-        from neo_model.prompting import load_checkpoint, pixel_budget
-
-        if generation.top_p is not None:
-            raise ValueError(
-                "backend neo samples with temperature and top_k; top_p is not supported"
-            )
-        self.device = _torch_device(device)
-        self.model, vision = load_checkpoint(model, self.device)
-        self.min_pixels, self.max_pixels = pixel_budget(self.model, vision)
-        self.tok = load_tokenizer(tokenizer)
-        self.params = SamplingParams(
-            max_new_tokens=generation.max_new_tokens,
-            temperature=generation.temperature,
-            top_k=generation.top_k,
-            seed=generation.seed,
-        )
-
-    def prepare(self, images: Sequence[bytes]):
-        from neo_data.encoding.images import smart_resize
-        from neo_data.encoding.tokens import user_content
-        from neo_model.generate import Prompt
-        from neo_model.prompting import build_prompt
-
-        decoded = [self.decode(data) for data in images]
-        for img in decoded:  # reject now (aspect ratio ...) rather than fail the batch later
-            smart_resize(img.height, img.width, self.min_pixels, self.max_pixels)
-        turns = [("user", user_content(self.prompt, len(decoded)))]
-        ids, _, pixels = build_prompt(self.tok, turns, decoded, self.min_pixels, self.max_pixels)
-        return Prompt(ids, pixels)
-
-    def run(self, prepared: list) -> list[str]:
-        from neo_model.generate import generate
-
-        out = generate(self.model, prepared, self.params)
-        return [self.tok.decode(ids, skip_special_tokens=True) for ids in out]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,6 +304,11 @@ class OpenAICaptioner(_DataURLCaptioner):
                     f"{settings.api_key_env} is not set"
                 )
         self._api_key = key
+
+    @classmethod
+    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
+        assert spec.openai is not None  # RecaptionSpec validates it
+        return {"settings": spec.openai}
 
     def run(self, prepared: list[list[str]]) -> list[str | Caption]:
         return asyncio.run(self._run_all(prepared))
@@ -421,6 +384,10 @@ class VLLMCaptioner(_DataURLCaptioner):
             seed=g.seed,
         )
 
+    @classmethod
+    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
+        return {"dtype": spec.dtype}
+
     def run(self, prepared: list[list[str]]) -> list[str]:
         conversations = [chat_messages(self.prompt, urls) for urls in prepared]
         outputs = self.llm.chat(conversations, self.params, use_tqdm=False)
@@ -428,18 +395,35 @@ class VLLMCaptioner(_DataURLCaptioner):
 
 
 # ---------------------------------------------------------------------------------------------
+# The registry
+# ---------------------------------------------------------------------------------------------
+
+# Backend name (``recaption.backend``) -> its class, or ``"module:Class"`` for one imported only
+# when chosen: the neo backend lives in neo_model, which neo_data never imports.
+BACKENDS: dict[str, type[Captioner] | str] = {
+    "transformers": TransformersCaptioner,
+    "vllm": VLLMCaptioner,
+    "openai": OpenAICaptioner,
+    "neo": "neo_model.captioner:NeoCaptioner",
+}
+
+
+def backend_class(name: str) -> type[Captioner]:
+    """The :class:`Captioner` subclass registered as ``name``, imported if named by a string."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown recaption backend {name!r}; known: {', '.join(BACKENDS)}")
+    entry = BACKENDS[name]
+    if not isinstance(entry, str):
+        return entry
+    module, _, attr = entry.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise CaptionerUnavailable(
+            f"backend {name} needs {module}, which does not import: {e}"
+        ) from e
 
 
 def make_captioner(spec: RecaptionSpec, device: str | None = None) -> Captioner:
     """The backend ``spec`` names, loaded and ready (called in each actor's ``__init__``)."""
-    common = (spec.model, spec.prompt, spec.generation, spec.max_decode_pixels)
-    if spec.backend == "transformers":
-        return TransformersCaptioner(*common, dtype=spec.dtype, device=device)
-    if spec.backend == "neo":
-        return NeoCaptioner(*common, tokenizer=spec.tokenizer, device=device)
-    if spec.backend == "openai":
-        assert spec.openai is not None  # RecaptionSpec validates it
-        return OpenAICaptioner(*common, settings=spec.openai)
-    if spec.backend == "vllm":
-        return VLLMCaptioner(*common, dtype=spec.dtype)
-    raise ValueError(f"unknown recaption backend {spec.backend!r}")
+    return backend_class(spec.backend).from_spec(spec, device)

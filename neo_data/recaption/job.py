@@ -4,21 +4,24 @@ Layout of ``recaption.output``::
 
     <output>/
     ├── samples/<input name>.parquet   every input row, curated schema, new captions added by
-    │                                  the policy (``recaption_spec``); one file per input file
+    │                                  the policy (``neo_data.manifest.recaption``); one file
+    │                                  per input file (:mod:`neo_data.recaption.output`)
     ├── failures/<input name>.parquet  rows whose image or generation failed (REJECTED_SCHEMA:
     │                                  lineage, ``reason``, ``detail``); these rows are in
     │                                  samples/ too, unchanged
     ├── report.json                    counts (every input row is recaptioned, failed or
     │                                  skipped, by reason), provenance, timing; written last
+    │                                  (:mod:`neo_data.recaption.report`)
     └── _work/                         spec.sha256 + one marker per finished input file,
                                        written after its output: a rerun skips those files
 
 On Ray Data: each input row group is read by a task (only the columns the stage needs), rows go
 in batches of ``batch_size`` through ``pool_size`` actors of :class:`RecaptionStage` (the
 captioner is loaded once in ``__init__``; ``num_gpus`` per actor); a crashed actor is restarted
-by Ray and its batch retried (Ray Data's actor-pool defaults). The driver receives only the results (text,
-reason), and writes an input file's output as soon as all its rows are back: image bytes never
-pass through a stage that does not need them, and a crash loses at most unfinished files.
+by Ray and its batch retried (Ray Data's actor-pool defaults). The driver receives only the
+results (text, reason), and writes an input file's output as soon as all its rows are back:
+image bytes never pass through a stage that does not need them, and a crash loses at most
+unfinished files.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from neo_data.recaption.captioners import (
     backend_class,
     make_captioner,
 )
+from neo_data.recaption.chat import OpenAICaptioner
 from neo_model.captioner import NeoCaptioner
 from neo_model.generate import Prompt, SamplingParams, generate
 from neo_model.prompting import build_prompt, load_checkpoint
@@ -171,6 +172,7 @@ def test_the_registry_holds_every_backend_the_manifest_accepts():
     assert BACKENDS["neo"] == "neo_model.captioner:NeoCaptioner"  # named, not imported
     assert backend_class("neo") is NeoCaptioner
     assert backend_class("transformers") is TransformersCaptioner
+    assert backend_class("openai") is OpenAICaptioner
     with pytest.raises(ValueError, match="unknown recaption backend 'gpt'"):
         backend_class("gpt")
 

@@ -151,7 +151,7 @@ def bench_job_fill(n: int = 80_000) -> tuple[int, int, int, float]:
     import pyarrow as pa
 
     from neo_data.manifest import parse_manifest
-    from neo_data.pack.job import LENGTH_SCHEMA, bucket_of, plan_window
+    from neo_data.pack.plan import LENGTH_SCHEMA, bucket_of, plan_window
 
     pack = parse_manifest("name: b\ndata: {curated: [x], packed: y}\n", "bench").resolved_pack()
     bounds = [(b.name, b.max_image_tokens) for b in pack.buckets]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from neo_data.curate.job import CurateError, format_report, run_curate
+from neo_data.curate.job import run_curate
+from neo_data.curate.plan import CurateError
+from neo_data.curate.report import format_report
+from neo_data.format.storage import OutputConflict
 from neo_data.ray_env import init_ray
 from pipelines._job import job_parser, load_job_manifest
 
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     try:
         result = run_curate(manifest, concurrency=args.concurrency)
-    except (CurateError, FileNotFoundError) as e:
+    except (CurateError, OutputConflict, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.skipped:

@@ -134,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from neo_data.curate.job import format_report, run_curate
-    from neo_data.pack.job import format_summary, run_pack, verify_counts
+    from neo_data.curate import report as curate_report
+    from neo_data.curate.job import run_curate
+    from neo_data.pack import report as pack_report
+    from neo_data.pack.job import run_pack
     from neo_data.ray_env import init_ray
     from neo_data.recaption.job import run_recaption
     from neo_data.synthetic.web import serve_directory, write_web_sources
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: run_curate(first),
             lambda r: f"{r.report['totals']['kept']} kept of {r.report['totals']['rows_in']} rows",
         )
-        print(format_report(curated.report))
+        print(curate_report.format_report(curated.report))
     steps.run(
         "recaption",
         lambda: run_recaption(first),
@@ -185,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     export = None
     for manifest in stages:
         packed = steps.run(f"pack {manifest.stage}", lambda m=manifest: run_pack(m), _packs)
-        verify_counts(packed.index)
-        print(format_summary(packed.index))
+        pack_report.verify_report(packed.index)
+        print(pack_report.format_report(packed.index))
         trained = steps.run(f"train {manifest.stage}", lambda m=manifest: run_stage(m), _trained)
         export = trained.export
     counts = {"captions": args.captions + args.recaption, "conversations": args.conversations,

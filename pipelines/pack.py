@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from neo_data.pack.job import OutputConflict, format_summary, run_pack, verify_counts
+from neo_data.format.storage import OutputConflict
+from neo_data.pack.job import run_pack
+from neo_data.pack.report import format_report, verify_report
 from neo_data.ray_env import init_ray
 from pipelines._job import job_parser, load_job_manifest
 
@@ -21,11 +23,6 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="windows packed at once (default: one per CPU)",
     )
-    ap.add_argument(
-        "--keep-work",
-        action="store_true",
-        help="keep _work/ (intermediate encodings) after success",
-    )
     args = ap.parse_args(argv)
     manifest = load_job_manifest(args)
     if manifest is None:
@@ -36,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except OutputConflict as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    verify_counts(result.index)
+    verify_report(result.index)
     if result.skipped:
         print(f"{result.output} is already complete (same manifest); nothing to do.")
-    print(format_summary(result.index))
+    print(format_report(result.index))
     print(f"\nwrote {result.output}/index.json")
     return 0
 

@@ -10,11 +10,12 @@ import logging
 import sys
 
 from neo_data.format.schema import SchemaMismatch
+from neo_data.format.storage import OutputConflict
 from neo_data.manifest.recaption import check_policy
-from neo_data.pack.job import OutputConflict
 from neo_data.ray_env import init_ray
 from neo_data.recaption.captioners import CaptionerUnavailable
-from neo_data.recaption.job import format_summary, run_recaption
+from neo_data.recaption.job import run_recaption
+from neo_data.recaption.report import format_report
 from pipelines._job import job_parser, load_job_manifest
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if result.files_skipped:
         print(f"{result.files_skipped} input file(s) were already done (resumed).")
-    print(format_summary(result.report))
+    print(format_report(result.report))
     print(f"\nwrote {result.output}/report.json")
     return 0
 

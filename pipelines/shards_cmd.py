@@ -35,7 +35,7 @@ from neo_data.browser.views import (
 from neo_data.encoding.tokens import NeoTokenizer, load_tokenizer
 from neo_data.format.shards import PackedDataset
 from neo_data.format.storage import join, url_to_fs
-from neo_data.pack.job import format_summary
+from neo_data.pack.report import format_report
 
 DATASET_COLUMNS = ["dataset", "name", "stage", "packs", "samples", "tokens", "bytes", "shards"]
 SHARD_COLUMNS = ["shard", "path", "bucket", "bytes", "packs", "samples", "tokens", "images"]
@@ -134,7 +134,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, indent=1))
         return 0
-    print(format_summary(ds.index))
+    print(format_report(ds.index))
     print("\nsources (rows in = packed + dropped)")
     print("  " + format_sources(sources).replace("\n", "\n  "))
     dropped = ds.index["totals"]["dropped"]

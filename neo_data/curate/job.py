@@ -1,7 +1,7 @@
 """The curation job: raw url + caption (or conversation, or text) sources -> curated samples.
 
 Stages, each a set of Ray tasks over **units** (``download.rows_per_task`` consecutive rows of
-one source file)::
+one source file, :mod:`neo_data.curate.plan`)::
 
     1. curate   fetch images (threads inside the task), decode, filter, hash
                 -> _work/units/<unit>.parquet (candidates), rejected/<unit>.parquet,
@@ -11,6 +11,7 @@ one source file)::
     3. finalize candidates minus duplicates -> samples/<unit>.parquet,
                 duplicates -> rejected/<unit>-dedup.parquet, then _work/final/<unit>.json
     4. report   report.json (written last: the commit point) and a printed table
+                (:mod:`neo_data.curate.report`)
 
 Downloads: ``curate.download.engine`` picks the function behind each request: ``neo`` (default:
 img2dataset's user agent and opt-out rule with a byte cap and a deadline) or ``img2dataset``
@@ -41,8 +42,6 @@ report.json (same manifest) and does nothing.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import resource
@@ -59,19 +58,24 @@ import pyarrow.parquet as pq
 
 from neo_data.curate.dedup import DedupItem, find_duplicates
 from neo_data.curate.fetch import img2dataset_downloader
+from neo_data.curate.plan import Unit, curate_spec_of, plan_units, spec_hash
+from neo_data.curate.report import REPORT_NAME, make_report, verify_report
 from neo_data.curate.rows import RowContext, process_row, sample_id
-from neo_data.curate.sources import plan_source_files, read_rows
+from neo_data.curate.sources import read_rows
 from neo_data.format.schema import CURATED_SCHEMA, REJECTED_DIR, WORK_DIR
-from neo_data.format.storage import atomic_write, claim_work_dir, join, url_to_fs
+from neo_data.format.storage import (
+    atomic_write,
+    join,
+    resume_or_refuse,
+    table_to_parquet_bytes,
+    url_to_fs,
+)
 from neo_data.manifest import Manifest
 from neo_data.manifest.curate import CurateSpec
 
 log = logging.getLogger(__name__)
 
 SAMPLES_DIR = "samples"
-REPORT_NAME = "report.json"
-REPORT_FORMAT = "neo.curate_report"
-REPORT_VERSION = 1
 SAMPLES_ROW_GROUP = 256  # rows per Parquet row group of samples/ (the pack job's work unit)
 
 CANDIDATE_SCHEMA = CURATED_SCHEMA.append(pa.field("_dedup_key", pa.string())).append(
@@ -93,72 +97,11 @@ CURATE_REJECTED_SCHEMA = pa.schema(
 )
 
 
-class CurateError(ValueError):
-    """The manifest cannot be curated (no ``curate:`` section, or an output conflict)."""
-
-
-@dataclass(frozen=True)
-class Unit:
-    unit_id: str
-    source: int  # index in curate.sources
-    file: str
-    format: str
-    start: int  # rows [start, stop) of the file
-    stop: int
-    first_row: int  # source row of `start`
-
-
 @dataclass
 class CurateResult:
     output: str
     report: dict[str, Any]
     skipped: bool  # True when the output was already complete
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning
-# ---------------------------------------------------------------------------------------------
-
-
-def curate_spec_of(manifest: Manifest) -> CurateSpec:
-    if manifest.curate is None:
-        raise CurateError(
-            f"manifest {manifest.name!r} has no `curate:` section; add one with `output:` and "
-            f"`sources:` (see manifests/curate_example.yaml)"
-        )
-    return manifest.curate
-
-
-# Download settings that change speed, not output: a run may resume with other values.
-_SPEED_ONLY = ("processes", "threads")
-
-
-def spec_hash(spec: CurateSpec) -> str:
-    """sha256 of the ``curate:`` section, without the speed-only settings.
-
-    The download engine enters as each source's effective engine, and only when one is not
-    ``neo``: outputs written before ``engine`` existed keep their hash (a rerun still resumes
-    or skips them), and another engine is another curation (reasons and lineage differ)."""
-    canon = spec.model_dump(mode="json")
-    for download in [canon["download"], *(s["download"] for s in canon["sources"])]:
-        for key in (*_SPEED_ONLY, "engine"):
-            (download or {}).pop(key, None)
-    engines = [spec.source_download(s).engine for s in spec.sources]
-    if set(engines) != {"neo"}:
-        canon["source_engines"] = engines
-    return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
-
-
-def plan_units(spec: CurateSpec) -> list[Unit]:
-    units = []
-    for si, source in enumerate(spec.sources):
-        per_task = spec.source_download(source).rows_per_task
-        for fi, sf in enumerate(plan_source_files(source)):
-            for ci, start in enumerate(range(0, sf.num_rows, per_task)):
-                stop = min(start + per_task, sf.num_rows)
-                uid = f"{source.name}-{fi:04d}-{ci:05d}"
-                units.append(Unit(uid, si, sf.url, sf.format, start, stop, sf.first_row + start))
-    return units
 
 
 def _paths(root: str, unit_id: str) -> dict[str, str]:
@@ -170,27 +113,6 @@ def _paths(root: str, unit_id: str) -> dict[str, str]:
         "dup_rejected": join(root, REJECTED_DIR, f"{unit_id}-dedup.parquet"),
         "final_marker": join(root, WORK_DIR, "final", f"{unit_id}.json"),
     }
-
-
-def _parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
-    """zstd on every column except image bytes (already compressed, kept as downloaded)."""
-    compression = {
-        leaf: "none" if leaf == "images.list.element.bytes" else "zstd"
-        for f in table.schema
-        for leaf in _leaves(f.type, f.name)
-    }
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression=compression, row_group_size=row_group_size)
-    return buf.getvalue()
-
-
-def _leaves(t: pa.DataType, path: str) -> list[str]:
-    """Parquet leaf column paths of a field (per-column options are keyed by them)."""
-    if pa.types.is_list(t):
-        return _leaves(t.value_type, f"{path}.list.element")
-    if pa.types.is_struct(t):
-        return [leaf for f in t for leaf in _leaves(f.type, f"{path}.{f.name}")]
-    return [path]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,9 +141,11 @@ def curate_unit(spec_json: str, unit: Unit, output: str) -> dict[str, Any]:
     rejected = [r.rejected for r in results if r.rejected is not None]
     fs, root = url_to_fs(output)
     p = _paths(root, unit.unit_id)
-    atomic_write(fs, p["candidates"], _parquet_bytes(_table(samples, CANDIDATE_SCHEMA)))
+    atomic_write(fs, p["candidates"], table_to_parquet_bytes(_table(samples, CANDIDATE_SCHEMA)))
     if rejected:
-        atomic_write(fs, p["rejected"], _parquet_bytes(_table(rejected, CURATE_REJECTED_SCHEMA)))
+        atomic_write(
+            fs, p["rejected"], table_to_parquet_bytes(_table(rejected, CURATE_REJECTED_SCHEMA))
+        )
     marker = {
         "unit": asdict(unit),
         "rows_in": len(rows),
@@ -289,7 +213,9 @@ def decide_duplicates(spec: CurateSpec, units: list[Unit], output: str) -> dict[
         {"sample_id": sid, "reason": d.reason, "of": d.of, "distance": d.distance}
         for sid, d in sorted(dups.items())
     ]
-    atomic_write(fs, path, _parquet_bytes(pa.Table.from_pylist(decided, schema=DEDUP_SCHEMA)))
+    atomic_write(
+        fs, path, table_to_parquet_bytes(pa.Table.from_pylist(decided, schema=DEDUP_SCHEMA))
+    )
     return {d["sample_id"]: d for d in decided}
 
 
@@ -308,13 +234,13 @@ def finalize_unit(unit: Unit, dups: dict[str, dict], output: str) -> dict[str, A
     keep = pa.array([sid not in dups for sid in ids], type=pa.bool_())
     kept = cand.filter(keep).select(CURATED_SCHEMA.names).cast(CURATED_SCHEMA)
     if kept.num_rows:
-        atomic_write(fs, p["samples"], _parquet_bytes(kept, SAMPLES_ROW_GROUP))
+        atomic_write(fs, p["samples"], table_to_parquet_bytes(kept, SAMPLES_ROW_GROUP))
     rejected = [_dup_rejected(r, unit, dups[r["sample_id"]])
                 for r in cand.filter(pc.invert(keep))
                 .select(["sample_id", "source", "url", "row", "meta"]).to_pylist()]  # fmt: skip
     if rejected:
         atomic_write(
-            fs, p["dup_rejected"], _parquet_bytes(_table(rejected, CURATE_REJECTED_SCHEMA))
+            fs, p["dup_rejected"], table_to_parquet_bytes(_table(rejected, CURATE_REJECTED_SCHEMA))
         )
     images = kept.column("images").to_pylist()
     marker = {
@@ -355,10 +281,16 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
     output = spec.output.rstrip("/")
     fs, root = url_to_fs(output)
     shash = spec_hash(spec)
-    done = _finished_report(fs, root, shash, output)
+    done = resume_or_refuse(
+        output,
+        shash,
+        stamp="curate.sha256",
+        made_with="another `curate:` section",
+        field="curate.output",
+        commit=(REPORT_NAME, lambda report: report.get("manifest", {}).get("curate_sha256")),
+    )
     if done is not None:
         return CurateResult(output, done, skipped=True)
-    _stamp_work_dir(fs, root, shash, output)
 
     t0 = time.perf_counter()
     units = plan_units(spec)
@@ -444,31 +376,6 @@ def _unit_dups(dups: dict[str, dict], unit: Unit, source: str) -> dict[str, dict
     return {sid: dups[sid] for r in rows if (sid := sample_id(source, r)) in dups}
 
 
-def _finished_report(fs, root: str, shash: str, output: str) -> dict | None:
-    path = join(root, REPORT_NAME)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as f:
-        report = json.load(f)
-    if report.get("manifest", {}).get("curate_sha256") != shash:
-        raise CurateError(
-            f"{output} already holds a curation of another `curate:` section (sha256 "
-            f"{report.get('manifest', {}).get('curate_sha256', '?')[:12]}, this one "
-            f"{shash[:12]}); choose a new curate.output or delete the old one"
-        )
-    return report
-
-
-def _stamp_work_dir(fs, root: str, shash: str, output: str) -> None:
-    """Resume only work done for the same ``curate:`` section."""
-    old = claim_work_dir(fs, join(root, WORK_DIR), "curate.sha256", shash)
-    if old is not None:
-        raise CurateError(
-            f"{output}/{WORK_DIR} holds unfinished work of another `curate:` section "
-            f"(sha256 {old[:12]}); delete it or choose a new curate.output"
-        )
-
-
 def _read_markers(fs, root: str, units: list[Unit]) -> list[tuple[dict, dict]]:
     def read(u: Unit) -> tuple[dict, dict]:
         p = _paths(root, u.unit_id)
@@ -491,120 +398,3 @@ def _cleanup(fs, root: str, units: list[Unit]) -> None:
         if fs.exists(base):
             for leftover in fs.glob(join(base, "*.tmp-*")):
                 fs.rm(leftover)
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------
-
-
-def make_report(
-    manifest: Manifest,
-    spec: CurateSpec,
-    shash: str,
-    units: list[Unit],
-    markers: list[tuple[dict, dict]],
-    timing: dict[str, Any],
-) -> dict[str, Any]:
-    by_source: dict[str, dict[str, Any]] = {}
-    for s in spec.sources:
-        by_source[s.name] = {
-            "kind": s.kind,
-            "units": 0,
-            "rows_in": 0,
-            "kept": 0,
-            "rejected": Counter(),
-            "images_downloaded": 0,
-            "bytes_downloaded": 0,
-            "images_kept": 0,
-            "bytes_kept": 0,
-        }
-    worker = Counter()
-    max_rss = 0.0
-    for u, (m, f) in zip(units, markers, strict=True):
-        b = by_source[spec.sources[u.source].name]
-        b["units"] += 1
-        b["rows_in"] += m["rows_in"]
-        b["kept"] += f["kept"]
-        b["rejected"].update(m["rejected"])
-        b["rejected"].update(f["rejected"])
-        b["images_downloaded"] += m["images_downloaded"]
-        b["bytes_downloaded"] += m["bytes_downloaded"]
-        b["images_kept"] += f["images_kept"]
-        b["bytes_kept"] += f["bytes_kept"]
-        worker.update(seconds=m["seconds"], fetch_seconds=m["fetch_seconds"])
-        max_rss = max(max_rss, m["max_rss_mib"])
-    by_reason: Counter = Counter()
-    for b in by_source.values():
-        by_reason.update(b["rejected"])
-        b["rejected"] = dict(sorted(b["rejected"].items()))
-    totals = {
-        k: sum(b[k] for b in by_source.values())
-        for k in ("rows_in", "kept", "images_downloaded", "bytes_downloaded", "images_kept",
-                  "bytes_kept")
-    }  # fmt: skip
-    totals["rejected"] = sum(by_reason.values())
-    secs = timing["seconds"] or 1e-9
-    return {
-        "format": REPORT_FORMAT,
-        "version": REPORT_VERSION,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "manifest": {"name": manifest.name, "curate_sha256": shash},
-        "output": spec.output,
-        "totals": totals,
-        "by_reason": dict(sorted(by_reason.items())),
-        "by_source": by_source,
-        "throughput": {
-            "rows_per_s": round(totals["rows_in"] / secs, 2),
-            "images_per_s": round(totals["images_downloaded"] / secs, 2),
-            "download_mib_per_s": round(totals["bytes_downloaded"] / secs / 2**20, 3),
-            "note": "this run's wall clock; a resumed run counts earlier units' rows too",
-        },
-        "timing": {
-            **timing,
-            "units": len(units),
-            "worker_seconds": round(worker["seconds"], 3),
-            "fetch_seconds": round(worker["fetch_seconds"], 3),
-            "max_worker_rss_mib": max_rss,
-        },
-    }
-
-
-def verify_report(report: dict) -> None:
-    """Every input row is kept or rejected with a reason (raise if not)."""
-    for name, b in report["by_source"].items():
-        out = b["kept"] + sum(b["rejected"].values())
-        if out != b["rows_in"]:
-            raise RuntimeError(f"source {name}: {b['rows_in']} rows in but {out} kept or rejected")
-
-
-def format_report(report: dict) -> str:
-    """The table printed at the end of a curation run."""
-    t = report["totals"]
-    lines = [f"curation {report['manifest']['name']} -> {report['output']}"]
-    lines.append(
-        f"  {'source':<16}{'kind':<14}{'rows in':>9}{'kept':>9}{'rejected':>9}{'MiB in':>9}{'MiB kept':>9}"
-    )
-    for name, b in report["by_source"].items():
-        lines.append(
-            f"  {name:<16}{b['kind']:<14}{b['rows_in']:>9,}{b['kept']:>9,}"
-            f"{sum(b['rejected'].values()):>9,}{b['bytes_downloaded'] / 2**20:>9.1f}"
-            f"{b['bytes_kept'] / 2**20:>9.1f}"
-        )
-    lines.append(
-        f"  {'total':<30}{t['rows_in']:>9,}{t['kept']:>9,}{t['rejected']:>9,}"
-        f"{t['bytes_downloaded'] / 2**20:>9.1f}{t['bytes_kept'] / 2**20:>9.1f}"
-    )
-    if report["by_reason"]:
-        lines.append("")
-        lines.append(f"  {'rejected because':<28}{'rows':>9}")
-        for reason, n in report["by_reason"].items():
-            lines.append(f"  {reason:<28}{n:>9,}")
-    tp, tm = report["throughput"], report["timing"]
-    lines.append("")
-    lines.append(
-        f"  {tm['seconds']:.1f} s ({tm['units_run']} units run, {tm['units_resumed']} resumed): "
-        f"{tp['rows_per_s']:,.1f} rows/s, {tp['images_per_s']:,.1f} images/s, "
-        f"{tp['download_mib_per_s']:.2f} MiB/s; peak worker RSS {tm['max_worker_rss_mib']:.0f} MiB"
-    )
-    return "\n".join(lines)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from neo_data.format.storage import url_to_fs
+from neo_data.format.storage import list_inputs, url_to_fs
 from neo_data.manifest.curate import FORMAT_BY_SUFFIX, SourceSpec, source_format
 
 ERROR_KEY = "_error"
@@ -33,22 +33,12 @@ class SourceFile:
 
 def list_source_files(source: SourceSpec) -> list[str]:
     """Expand the source's files, directories (every file of its format below) and globs."""
-    out: list[str] = []
-    for pattern in source.all_paths():
-        fs, path = url_to_fs(pattern)
-        proto = pattern.split("://", 1)[0] + "://" if "://" in pattern else ""
-        if any(c in path for c in "*?["):
-            found = fs.glob(path)
-        elif fs.isdir(path):
-            found = [p for p in fs.find(path) if _readable(source, p)]
-        elif fs.exists(path):
-            found = [path]
-        else:
-            raise FileNotFoundError(f"curate.sources[{source.name}]: {pattern!r} does not exist")
-        if not found:
-            raise FileNotFoundError(f"curate.sources[{source.name}]: {pattern!r} matches no file")
-        out.extend(proto + p if proto and not p.startswith(proto) else p for p in sorted(found))
-    return sorted(set(out))
+    return list_inputs(
+        source.all_paths(),
+        f"curate.sources[{source.name}]",
+        keep=lambda path: _readable(source, path),
+        noun="file",
+    )
 
 
 def _readable(source: SourceSpec, path: str) -> bool:

@@ -1,4 +1,5 @@
-"""The one fsspec layer: filesystems for URLs, atomic writes, the Parquet writer, work-dir stamps.
+"""The one fsspec layer: filesystems for URLs, input expansion, atomic writes, the Parquet
+writer, and the resume-or-refuse guard of a job's output.
 
 Every job reads and writes through these functions, so a local path and ``s3://bucket/prefix``
 behave the same: an object appears whole or not at all, and a rerun finds the stamp its
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from neo_data.format.schema import WORK_DIR
 
 
 def url_to_fs(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -29,6 +34,42 @@ def join(root: str, *parts: str) -> str:
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def is_parquet(path: str) -> bool:
+    return path.endswith(".parquet")
+
+
+def list_inputs(
+    patterns: Iterable[str],
+    field: str = "input",
+    *,
+    keep: Callable[[str], bool] = is_parquet,
+    noun: str = "Parquet file",
+) -> list[str]:
+    """Expand files, directories and globs into sorted, unique URLs.
+
+    A directory contributes every file below it that ``keep`` accepts (by default ``*.parquet``);
+    a glob contributes what it matches. A pattern that does not exist or matches nothing raises
+    :class:`FileNotFoundError` naming ``field`` (the manifest field the patterns come from) and
+    the pattern; ``noun`` says what a match would have been.
+    """
+    out: list[str] = []
+    for pattern in patterns:
+        fs, path = url_to_fs(pattern)
+        proto = pattern.split("://", 1)[0] + "://" if "://" in pattern else ""
+        if any(c in path for c in "*?["):
+            found = fs.glob(path)
+        elif fs.isdir(path):
+            found = [p for p in fs.find(path) if keep(p)]
+        elif fs.exists(path):
+            found = [path]
+        else:
+            raise FileNotFoundError(f"{field}: {pattern!r} does not exist")
+        if not found:
+            raise FileNotFoundError(f"{field}: {pattern!r} matches no {noun}")
+        out.extend(proto + p if proto and not p.startswith(proto) else p for p in sorted(found))
+    return sorted(set(out))
 
 
 def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -54,31 +95,88 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 
 def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
-    """Parquet with zstd everywhere except on image bytes (already JPEG/PNG/WebP)."""
+    """The Parquet writer of every job: zstd on every column except image bytes (already
+    JPEG/PNG/WebP, kept as they are), dictionary encoding on the low-cardinality strings."""
     buf = io.BytesIO()
-    compression = {_leaf_path(f): "zstd" for f in table.schema}
-    if "images" in table.schema.names:
-        compression[_leaf_path(table.schema.field("images"))] = "none"
+    compression = {
+        path: "none" if field.name == "images" and pa.types.is_binary(leaf) else "zstd"
+        for field in table.schema
+        for path, leaf in _leaves(field.type, field.name)
+    }
     pq.write_table(
         table,
         buf,
         compression=compression,
         row_group_size=row_group_size,
-        use_dictionary=[n for n in ("bucket", "source", "reason") if n in table.schema.names],
+        use_dictionary=[n for n in _DICTIONARY_COLUMNS if n in table.schema.names],
     )
     return buf.getvalue()
 
 
-def _leaf_path(field: pa.Field) -> str:
-    """The Parquet column path of a flat or list field (per-column options are keyed by it)."""
-    return f"{field.name}.list.element" if pa.types.is_list(field.type) else field.name
+_DICTIONARY_COLUMNS = ("bucket", "source", "kind", "stage", "reason")
+
+
+def _leaves(t: pa.DataType, path: str) -> list[tuple[str, pa.DataType]]:
+    """Parquet leaf column paths of a field with their types (per-column options are keyed by
+    the paths)."""
+    if pa.types.is_list(t):
+        return _leaves(t.value_type, f"{path}.list.element")
+    if pa.types.is_struct(t):
+        return [leaf for f in t for leaf in _leaves(f.type, f"{path}.{f.name}")]
+    return [(path, t)]
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def claim_work_dir(
+class OutputConflict(RuntimeError):
+    """An output holds work made with other settings: resuming it would mix the two."""
+
+
+def resume_or_refuse(
+    output: str,
+    digest: str,
+    *,
+    stamp: str,
+    made_with: str,
+    field: str,
+    commit: tuple[str, Callable[[dict], str | None]] | None = None,
+) -> dict | None:
+    """Decide how a job with settings ``digest`` may use ``output`` (its URL).
+
+    * ``commit`` is ``(name, digest_of)``: when ``output/<name>`` exists (the JSON the job writes
+      last: ``index.json``, ``report.json``), return it if ``digest_of`` it is ``digest`` (the
+      output is complete; the caller does nothing), else refuse;
+    * ``output/_work/<stamp>`` holds another digest: refuse (the work there was made with other
+      settings);
+    * otherwise stamp ``_work/<stamp>`` with ``digest`` and return None (the caller runs,
+      resuming whatever work the stamp covers).
+
+    A refusal is :class:`OutputConflict`, saying what the existing work was ``made_with``
+    (e.g. "another manifest") and which manifest ``field`` to change.
+    """
+    fs, root = url_to_fs(output)
+    if commit is not None and fs.exists(commit_path := join(root, commit[0])):
+        with fs.open(commit_path, "rb") as f:
+            doc = json.load(f)
+        old = commit[1](doc)
+        if old == digest:
+            return doc
+        raise OutputConflict(
+            f"{output} already holds output made with {made_with} (sha256 {(old or '?')[:12]}, "
+            f"this one {digest[:12]}); choose a new {field} or delete the old one"
+        )
+    old = _claim_work_dir(fs, join(root, WORK_DIR), stamp, digest)
+    if old is not None:
+        raise OutputConflict(
+            f"{output}/{WORK_DIR} holds work made with {made_with} (sha256 "
+            f"{old[:12]}, this one {digest[:12]}); delete it or choose a new {field}"
+        )
+    return None
+
+
+def _claim_work_dir(
     fs: fsspec.AbstractFileSystem, work_dir: str, name: str, digest: str
 ) -> str | None:
     """Stamp ``work_dir/name`` with ``digest`` (the settings a job's unfinished work was made

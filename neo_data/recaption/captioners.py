@@ -5,13 +5,15 @@ backend         what runs
 =============== =====================================================================
 ``transformers`` any ``AutoModelForImageTextToText`` + ``AutoProcessor`` (hub id or local
                 directory), batched ``generate`` with left padding
-``vllm``         ``vllm.LLM.chat`` (optional dependency, imported only by this backend)
+``vllm``         ``vllm.LLM.chat`` (optional dependency, imported only by this backend;
+                :mod:`neo_data.recaption.chat`)
 ``openai``       any OpenAI-compatible chat-completions endpoint (a vLLM server, ``neo
                 serve``); images as data URLs; a concurrency limit, timeouts, and retries
                 with exponential backoff on 429 / 5xx / connection errors (the official
-                ``openai`` client's retry policy)
-``neo``          a NEO checkpoint from our trainer (:mod:`neo_model.generate`), prompts built
-                by :mod:`neo_model.prompting` exactly like ``neo chat``
+                ``openai`` client's retry policy; :mod:`neo_data.recaption.chat`)
+``neo``          a NEO checkpoint from our trainer (:class:`neo_model.captioner.NeoCaptioner`:
+                :mod:`neo_model.generate`, prompts built by :mod:`neo_model.prompting`
+                exactly like ``neo chat``)
 =============== =====================================================================
 
 A sample's images are decoded first (:func:`neo_data.encoding.images.open_image`: upright RGB, the
@@ -34,11 +36,8 @@ reason                   when
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
+import importlib
 import logging
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,14 +46,13 @@ from typing import Any
 from PIL import Image
 
 from neo_data.encoding.images import ImageRejected, open_image
-from neo_data.manifest.recaption import GenerationSpec, OpenAISpec, RecaptionSpec
+from neo_data.manifest.recaption import GenerationSpec, RecaptionSpec
 
 log = logging.getLogger(__name__)
 
 # Errors a model raises on bad inputs or resources (CUDA OOM is a RuntimeError): recorded on the
 # row. Programming errors (TypeError, AttributeError, ...) still raise.
 GENERATION_ERRORS = (RuntimeError, ValueError, IndexError)
-DATA_URL_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 class CaptionerUnavailable(RuntimeError):
@@ -78,8 +76,9 @@ class Captioner(ABC):
     """One model, one prompt, one set of generation settings; ``caption`` maps a batch.
 
     Subclasses implement ``prepare`` (one sample's encoded images -> what ``run`` takes; may
-    raise :class:`~neo_data.encoding.images.ImageRejected`) and ``run`` (a batch of prepared samples ->
-    one text or :class:`Caption` each)."""
+    raise :class:`~neo_data.encoding.images.ImageRejected`) and ``run`` (a batch of prepared
+    samples -> one text or :class:`Caption` each), and name their own settings in
+    ``spec_options``."""
 
     backend: str = ""
 
@@ -88,6 +87,17 @@ class Captioner(ABC):
         self.prompt = prompt
         self.generation = generation
         self.max_decode_pixels = max_decode_pixels
+
+    @classmethod
+    def from_spec(cls, spec: RecaptionSpec, device: str | None = None) -> Captioner:
+        """This backend built from a ``recaption:`` section, loaded and ready."""
+        common = (spec.model, spec.prompt, spec.generation, spec.max_decode_pixels)
+        return cls(*common, **cls.spec_options(spec, device))
+
+    @classmethod
+    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
+        """The keyword arguments of this backend's ``__init__`` beyond the common four."""
+        return {}
 
     def caption(self, samples: Sequence[Sequence[bytes]]) -> list[Caption]:
         """One :class:`Caption` per sample (its encoded images, usually one), in order."""
@@ -139,7 +149,7 @@ def _as_caption(result: str | Caption) -> Caption:
 # ---------------------------------------------------------------------------------------------
 
 
-def _torch_device(device: str | None) -> str:
+def torch_device(device: str | None) -> str:
     import torch
 
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -171,7 +181,7 @@ class TransformersCaptioner(Captioner):
         super().__init__(model, prompt, generation, max_decode_pixels)
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         self.processor = AutoProcessor.from_pretrained(model)
         self.processor.tokenizer.padding_side = "left"  # decoder-only batched generation
         self.model = (
@@ -182,6 +192,10 @@ class TransformersCaptioner(Captioner):
             .eval()
         )
         self._templates: dict[int, str] = {}
+
+    @classmethod
+    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
+        return {"dtype": spec.dtype, "device": device}
 
     def template(self, num_images: int) -> str:
         if num_images not in self._templates:
@@ -218,228 +232,36 @@ class TransformersCaptioner(Captioner):
 
 
 # ---------------------------------------------------------------------------------------------
-# NEO
+# The registry
 # ---------------------------------------------------------------------------------------------
 
-
-class NeoCaptioner(Captioner):
-    """A NEO checkpoint: prompts like ``neo chat`` (user turn ``<image>\\n`` per image + the
-    prompt), batched :func:`neo_model.generate.generate`."""
-
-    backend = "neo"
-
-    def __init__(
-        self,
-        model: str,
-        prompt: str,
-        generation: GenerationSpec,
-        max_decode_pixels: int,
-        tokenizer: str = "builtin:qwen3",
-        device: str | None = None,
-    ):
-        super().__init__(model, prompt, generation, max_decode_pixels)
-        from neo_data.encoding.tokens import load_tokenizer
-        from neo_model.generate import SamplingParams
-        from neo_model.prompting import load_checkpoint, pixel_budget
-
-        if generation.top_p is not None:
-            raise ValueError(
-                "backend neo samples with temperature and top_k; top_p is not supported"
-            )
-        self.device = _torch_device(device)
-        self.model, vision = load_checkpoint(model, self.device)
-        self.min_pixels, self.max_pixels = pixel_budget(self.model, vision)
-        self.tok = load_tokenizer(tokenizer)
-        self.params = SamplingParams(
-            max_new_tokens=generation.max_new_tokens,
-            temperature=generation.temperature,
-            top_k=generation.top_k,
-            seed=generation.seed,
-        )
-
-    def prepare(self, images: Sequence[bytes]):
-        from neo_data.encoding.images import smart_resize
-        from neo_data.encoding.tokens import user_content
-        from neo_model.generate import Prompt
-        from neo_model.prompting import build_prompt
-
-        decoded = [self.decode(data) for data in images]
-        for img in decoded:  # reject now (aspect ratio ...) rather than fail the batch later
-            smart_resize(img.height, img.width, self.min_pixels, self.max_pixels)
-        turns = [("user", user_content(self.prompt, len(decoded)))]
-        ids, _, pixels = build_prompt(self.tok, turns, decoded, self.min_pixels, self.max_pixels)
-        return Prompt(ids, pixels)
-
-    def run(self, prepared: list) -> list[str]:
-        from neo_model.generate import generate
-
-        out = generate(self.model, prepared, self.params)
-        return [self.tok.decode(ids, skip_special_tokens=True) for ids in out]
+# Backend name (``recaption.backend``) -> its class, or ``"module:Class"`` for one imported only
+# when chosen: the chat backends build on this module, and the neo backend lives in neo_model,
+# which neo_data never imports.
+BACKENDS: dict[str, type[Captioner] | str] = {
+    "transformers": TransformersCaptioner,
+    "vllm": "neo_data.recaption.chat:VLLMCaptioner",
+    "openai": "neo_data.recaption.chat:OpenAICaptioner",
+    "neo": "neo_model.captioner:NeoCaptioner",
+}
 
 
-# ---------------------------------------------------------------------------------------------
-# Chat messages with data URLs (openai, vllm)
-# ---------------------------------------------------------------------------------------------
-
-
-def data_url(data: bytes, image: Image.Image) -> str:
-    """``data:<mime>;base64,...`` of the original bytes when they are JPEG/PNG/WebP and upright,
-    else of a PNG of the decoded upright RGB image (what every endpoint accepts)."""
-    with Image.open(io.BytesIO(data)) as src:
-        fmt = src.format
-        upright = src.getexif().get(0x0112, 1) == 1  # EXIF orientation "normal"
-    if fmt in DATA_URL_FORMATS and upright:
-        mime, payload = DATA_URL_FORMATS[fmt], data
-    else:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        mime, payload = "image/png", buf.getvalue()
-    return f"data:{mime};base64,{base64.b64encode(payload).decode()}"
-
-
-def chat_messages(prompt: str, urls: Sequence[str]) -> list[dict]:
-    content: list[dict] = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
-    content.append({"type": "text", "text": prompt})
-    return [{"role": "user", "content": content}]
-
-
-class _DataURLCaptioner(Captioner):
-    def prepare(self, images: Sequence[bytes]) -> list[str]:
-        return [data_url(data, self.decode(data)) for data in images]
-
-
-# ---------------------------------------------------------------------------------------------
-# openai
-# ---------------------------------------------------------------------------------------------
-
-
-class OpenAICaptioner(_DataURLCaptioner):
-    """Chat completions against ``settings.endpoint``, at most ``max_concurrency`` in flight.
-
-    The official ``openai`` client carries the retry policy (exponential backoff with jitter,
-    ``Retry-After`` honoured, on 408/409/429/5xx and connection errors) and timeouts; the key
-    comes from the environment variable named by ``api_key_env`` and is never logged."""
-
-    backend = "openai"
-
-    def __init__(
-        self,
-        model: str,
-        prompt: str,
-        generation: GenerationSpec,
-        max_decode_pixels: int,
-        settings: OpenAISpec,
-    ):
-        super().__init__(model, prompt, generation, max_decode_pixels)
-        try:
-            import openai
-        except ImportError as e:
-            raise CaptionerUnavailable("backend openai needs the `openai` package") from e
-        self._openai = openai
-        self.settings = settings
-        key = "EMPTY"  # local servers (vLLM, neo serve) accept any key
-        if settings.api_key_env:
-            key = os.environ.get(settings.api_key_env, "")
-            if not key:
-                raise CaptionerUnavailable(
-                    f"recaption.openai.api_key_env: environment variable "
-                    f"{settings.api_key_env} is not set"
-                )
-        self._api_key = key
-
-    def run(self, prepared: list[list[str]]) -> list[str | Caption]:
-        return asyncio.run(self._run_all(prepared))
-
-    async def _run_all(self, prepared: list[list[str]]) -> list[str | Caption]:
-        s = self.settings
-        limit = asyncio.Semaphore(s.max_concurrency)
-        async with self._openai.AsyncOpenAI(
-            base_url=s.endpoint,
-            api_key=self._api_key,
-            max_retries=s.max_retries,
-            timeout=s.timeout_s,
-        ) as client:
-            return await asyncio.gather(*(self._one(client, limit, urls) for urls in prepared))
-
-    async def _one(self, client, limit: asyncio.Semaphore, urls: list[str]) -> str | Caption:
-        g = self.generation
-        options: dict[str, Any] = {"max_tokens": g.max_new_tokens, "temperature": g.temperature}
-        options["seed"] = g.seed
-        if g.top_p is not None:
-            options["top_p"] = g.top_p
-        if g.top_k is not None:
-            options["extra_body"] = {"top_k": g.top_k}  # vLLM / neo serve extension
-        openai = self._openai
-        async with limit:
-            try:
-                response = await client.chat.completions.create(
-                    model=self.model_name, messages=chat_messages(self.prompt, urls), **options
-                )
-            except openai.APIStatusError as e:
-                return Caption.failed("endpoint_error", f"HTTP {e.status_code}: {e.message}")
-            except (openai.APIConnectionError, openai.APITimeoutError) as e:
-                return Caption.failed("endpoint_unreachable", f"{type(e).__name__}: {e}")
-        choice = response.choices[0] if response.choices else None
-        if choice is None or choice.message.content is None:
-            return Caption.failed("endpoint_error", "the response has no message content")
-        return choice.message.content
-
-
-# ---------------------------------------------------------------------------------------------
-# vllm
-# ---------------------------------------------------------------------------------------------
-
-
-class VLLMCaptioner(_DataURLCaptioner):
-    """``vllm.LLM`` in the actor's process (its own continuous batching inside ``run``)."""
-
-    backend = "vllm"
-
-    def __init__(
-        self,
-        model: str,
-        prompt: str,
-        generation: GenerationSpec,
-        max_decode_pixels: int,
-        dtype: str = "auto",
-    ):
-        super().__init__(model, prompt, generation, max_decode_pixels)
-        try:
-            import vllm
-        except ImportError as e:
-            raise CaptionerUnavailable(
-                "backend vllm needs vLLM installed on the workers (pip install vllm); "
-                "or serve the model with `vllm serve` and use backend openai"
-            ) from e
-        g = generation
-        self.llm = vllm.LLM(model=model, dtype=dtype, seed=g.seed, limit_mm_per_prompt={"image": 4})
-        self.params = vllm.SamplingParams(
-            max_tokens=g.max_new_tokens,
-            temperature=g.temperature,
-            top_p=g.top_p or 1.0,
-            top_k=g.top_k or -1,
-            seed=g.seed,
-        )
-
-    def run(self, prepared: list[list[str]]) -> list[str]:
-        conversations = [chat_messages(self.prompt, urls) for urls in prepared]
-        outputs = self.llm.chat(conversations, self.params, use_tqdm=False)
-        return [o.outputs[0].text for o in outputs]
-
-
-# ---------------------------------------------------------------------------------------------
+def backend_class(name: str) -> type[Captioner]:
+    """The :class:`Captioner` subclass registered as ``name``, imported if named by a string."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown recaption backend {name!r}; known: {', '.join(BACKENDS)}")
+    entry = BACKENDS[name]
+    if not isinstance(entry, str):
+        return entry
+    module, _, attr = entry.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise CaptionerUnavailable(
+            f"backend {name} needs {module}, which does not import: {e}"
+        ) from e
 
 
 def make_captioner(spec: RecaptionSpec, device: str | None = None) -> Captioner:
     """The backend ``spec`` names, loaded and ready (called in each actor's ``__init__``)."""
-    common = (spec.model, spec.prompt, spec.generation, spec.max_decode_pixels)
-    if spec.backend == "transformers":
-        return TransformersCaptioner(*common, dtype=spec.dtype, device=device)
-    if spec.backend == "neo":
-        return NeoCaptioner(*common, tokenizer=spec.tokenizer, device=device)
-    if spec.backend == "openai":
-        assert spec.openai is not None  # RecaptionSpec validates it
-        return OpenAICaptioner(*common, settings=spec.openai)
-    if spec.backend == "vllm":
-        return VLLMCaptioner(*common, dtype=spec.dtype)
-    raise ValueError(f"unknown recaption backend {spec.backend!r}")
+    return backend_class(spec.backend).from_spec(spec, device)

@@ -24,10 +24,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from neo_data.curate.job import CURATE_REJECTED_SCHEMA, CurateError, format_report, run_curate  # noqa: E402
+from neo_data.curate.job import CURATE_REJECTED_SCHEMA, run_curate  # noqa: E402
+from neo_data.curate.plan import CurateError  # noqa: E402
+from neo_data.curate.report import format_report  # noqa: E402
 from neo_data.format.schema import CURATED_SCHEMA, check_schema  # noqa: E402
+from neo_data.format.storage import OutputConflict, list_inputs  # noqa: E402
 from neo_data.manifest import parse_manifest  # noqa: E402
-from neo_data.pack.job import list_inputs, plan_units  # noqa: E402
+from neo_data.pack.plan import plan_units  # noqa: E402
 from neo_data.synthetic.crawl import (  # noqa: E402
     CASES,
     TEST_DOWNLOAD,
@@ -350,7 +353,7 @@ def test_another_curate_section_is_refused(run):
     spec = run["manifest"].curate
     changed = spec.model_copy(update={"filters": spec.filters.model_copy(update={"min_side": 17})})
     other = run["manifest"].model_copy(update={"curate": changed})
-    with pytest.raises(CurateError, match="another `curate:` section"):
+    with pytest.raises(OutputConflict, match="another `curate:` section"):
         run_curate(other)
 
 
@@ -420,7 +423,7 @@ def test_the_example_manifest_validates():
 def test_the_engine_is_part_of_the_section_hash(run):
     """Another engine is another curation (reasons and lineage differ); engine neo keeps the
     hash outputs written before the setting existed had (no `engine` key at all)."""
-    from neo_data.curate.job import spec_hash
+    from neo_data.curate.plan import spec_hash
 
     spec = run["manifest"].curate
     section = spec.model_dump(exclude_unset=True)

@@ -13,8 +13,10 @@ from neo_data.encoding.encode import SampleEncoder
 from neo_data.encoding.tokens import IGNORE_INDEX, load_tokenizer
 from neo_data.format.schema import PACKED_SCHEMA, check_schema
 from neo_data.format.shards import PackedDataset
+from neo_data.format.storage import OutputConflict
 from neo_data.manifest import parse_manifest
-from neo_data.pack.job import OutputConflict, encode_settings, run_pack, verify_counts
+from neo_data.pack.job import encode_settings, run_pack
+from neo_data.pack.report import verify_report
 from tests.helpers import caption_row, conversation_row, image_bytes, text_row, write_curated
 
 pytestmark = pytest.mark.slow
@@ -120,7 +122,7 @@ def packed(ray_local, curated_dir, tmp_path_factory):
 def test_every_input_row_is_packed_or_dropped_with_its_reason(packed, curated_dir):
     t = packed.index["totals"]
     assert t["samples_in"] == 136
-    verify_counts(packed.index)
+    verify_report(packed.index)
     for reason in BAD.values():
         assert t["dropped"].get(reason, 0) >= 1, reason
     rejected = pq.read_table(f"{packed.output}/rejected").to_pylist()
@@ -247,7 +249,7 @@ def test_pack_through_s3(ray_local, s3_bucket, curated_dir):
     ds = PackedDataset(f"{s3_bucket}/packed")
     assert ds.verify() == []
     assert ds.index["totals"]["samples_in"] == 136
-    verify_counts(result.index)
+    verify_report(result.index)
     pack = ds.read_pack(0, 0)
     assert pack["num_tokens"] == len(pack["input_ids"])
     assert fs.exists(f"{s3_bucket}/packed/rejected")
@@ -258,7 +260,7 @@ def test_an_input_file_of_another_schema_is_refused_by_name(tmp_path):
     import pyarrow as pa
 
     from neo_data.format.schema import SchemaMismatch
-    from neo_data.pack.job import plan_units
+    from neo_data.pack.plan import plan_units
 
     good = write_curated(str(tmp_path / "good.parquet"), [text_row(0, "fine")])
     bad = tmp_path / "bad.parquet"

@@ -5,27 +5,33 @@ is a clear error. (The openai backend runs against ``neo serve`` in tests/neo_mo
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 from PIL import Image
 
 from neo_data.encoding.tokens import load_tokenizer, user_content
-from neo_data.manifest.recaption import GenerationSpec, RecaptionSpec
+from neo_data.manifest.recaption import Backend, GenerationSpec, RecaptionSpec
 from neo_data.recaption.captioners import (
+    BACKENDS,
     Caption,
     Captioner,
     CaptionerUnavailable,
-    NeoCaptioner,
     TransformersCaptioner,
+    backend_class,
     make_captioner,
 )
+from neo_data.recaption.chat import OpenAICaptioner
+from neo_model.captioner import NeoCaptioner
 from neo_model.generate import Prompt, SamplingParams, generate
 from neo_model.prompting import build_prompt
 from neo_model.testing import save_random_llava, save_random_neo
 from neo_model.weights import load_for_inference
-from tests.helpers import image_bytes
+from tests.helpers import REPO, image_bytes
 
 PROMPT = "Describe the image."
 GEN = GenerationSpec(max_new_tokens=6)
@@ -160,3 +166,23 @@ def test_vllm_backend_without_vllm_says_what_to_do(tmp_path):
     spec = RecaptionSpec(input=["x"], output=str(tmp_path), backend="vllm", model="m")
     with pytest.raises(CaptionerUnavailable, match="pip install vllm"):
         make_captioner(spec)
+
+
+def test_the_registry_holds_every_backend_the_manifest_accepts():
+    assert set(BACKENDS) == set(get_args(Backend))
+    assert BACKENDS["neo"] == "neo_model.captioner:NeoCaptioner"  # named, not imported
+    assert backend_class("neo") is NeoCaptioner
+    assert backend_class("transformers") is TransformersCaptioner
+    assert backend_class("openai") is OpenAICaptioner
+    with pytest.raises(ValueError, match="unknown recaption backend 'gpt'"):
+        backend_class("gpt")
+
+
+def test_the_recaption_job_does_not_import_neo_model():
+    """neo_data never imports neo_model: the neo backend is imported only when chosen."""
+    code = (
+        "import sys; import neo_data.recaption.job; "
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'neo_model']"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -19,16 +19,11 @@ from neo_data.encoding.encode import EncodeSettings, SampleEncoder, stable_unit_
 from neo_data.encoding.images import ImageEncoding
 from neo_data.encoding.tokens import load_tokenizer, user_content
 from neo_data.format.schema import CURATED_SCHEMA, REJECTED_SCHEMA, check_schema
+from neo_data.format.storage import OutputConflict
 from neo_data.manifest import Manifest, load_manifest
 from neo_data.manifest.recaption import RecaptionSpec, check_policy
-from neo_data.pack.job import OutputConflict
-from neo_data.recaption.job import (
-    CRASH_ONCE_ENV,
-    apply_policy,
-    plan_inputs,
-    provenance,
-    run_recaption,
-)
+from neo_data.recaption.job import CRASH_ONCE_ENV, plan_inputs, run_recaption
+from neo_data.recaption.output import apply_policy, provenance
 from neo_model.generate import Prompt, SamplingParams, generate
 from neo_model.prompting import build_prompt
 from neo_model.testing import save_random_llava, save_random_neo

@@ -23,7 +23,7 @@ from PIL import Image
 
 from neo_data.encoding.tokens import load_tokenizer, user_content
 from neo_data.manifest.recaption import GenerationSpec, OpenAISpec
-from neo_data.recaption.captioners import OpenAICaptioner
+from neo_data.recaption.chat import OpenAICaptioner
 from neo_model.config import debug
 from neo_model.generate import Prompt, SamplingParams, generate
 from neo_model.model import NeoChatModel

@@ -26,7 +26,6 @@ from neo_model.model import NeoChatModel, normalize_image
 # models are evaluated).
 DEFAULT_MIN_PIXELS = 1280 * FACTOR * FACTOR
 DEFAULT_MAX_PIXELS = 4096 * FACTOR * FACTOR
-MAX_DECODE_PIXELS = 178_956_970  # the packer's default decode cap
 
 
 def build_prompt(

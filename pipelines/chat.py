@@ -23,7 +23,7 @@ import fsspec
 import torch
 from PIL import Image
 
-from neo_data.encoding.images import ImageRejected, open_image, smart_resize
+from neo_data.encoding.images import MAX_DECODE_PIXELS, ImageRejected, open_image, smart_resize
 from neo_data.encoding.tokens import (
     BUILTIN,
     NeoTokenizer,
@@ -33,7 +33,7 @@ from neo_data.encoding.tokens import (
 )
 from neo_model.generate import Prompt, SamplingParams, generate
 from neo_model.model import NeoChatModel
-from neo_model.prompting import MAX_DECODE_PIXELS, build_prompt, pixel_budget
+from neo_model.prompting import build_prompt, pixel_budget
 from neo_model.weights import CheckpointError, load_for_inference
 
 HELP = "commands: /image PATH (attach to the next question), /reset, /exit"

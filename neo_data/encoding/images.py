@@ -21,6 +21,9 @@ from PIL import Image, ImageOps
 
 FACTOR = 32  # pixels per side of one image token (16 px patches, then a 2x2 merge)
 MAX_ASPECT = 200
+# Decompression-bomb cap: twice Pillow's own warning limit (89,478,485 px), so every real photo
+# opens and a crafted header claiming gigapixels is refused before anything is allocated.
+MAX_DECODE_PIXELS = 178_956_970
 
 
 class ImageRejected(ValueError):
@@ -127,7 +130,7 @@ def prepare_image(
     min_pixels: int,
     max_pixels: int,
     encoding: ImageEncoding,
-    max_decode_pixels: int = 178_956_970,
+    max_decode_pixels: int = MAX_DECODE_PIXELS,
 ) -> PreparedImage:
     """Decode, resize to the smart-resize target with Pillow's bicubic filter, and encode."""
     img = open_image(data, max_decode_pixels)

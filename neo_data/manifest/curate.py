@@ -20,6 +20,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, ValidationError, model_validator
 
+from neo_data.encoding.images import MAX_DECODE_PIXELS
 from neo_data.manifest.base import Strict
 
 _S = TypeVar("_S", bound=Strict)
@@ -54,7 +55,7 @@ class FilterSpec(Strict):
     """Filters applied to every row of a source; each has a stable drop reason (``filters.py``)."""
 
     # images
-    max_decode_pixels: Annotated[int, Field(gt=0)] = 178_956_970  # decompression-bomb cap
+    max_decode_pixels: Annotated[int, Field(gt=0)] = MAX_DECODE_PIXELS
     min_side: Annotated[int, Field(ge=1)] = 32
     max_side: Annotated[int, Field(ge=1)] = 16_384
     min_pixels: Annotated[int, Field(ge=1)] = 32 * 32

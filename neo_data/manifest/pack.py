@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from neo_data.encoding.images import ImageEncoding
+from neo_data.encoding.images import MAX_DECODE_PIXELS, ImageEncoding
 from neo_data.manifest.base import Strict
 
 
@@ -49,7 +49,7 @@ class PackSpec(Strict):
     max_image_tokens: Annotated[int | None, Field(gt=0)] = None  # per pack; default seq_len
     min_pixels: Annotated[int | None, Field(gt=0)] = None  # default by stage
     max_pixels: Annotated[int | None, Field(gt=0)] = None
-    max_decode_pixels: Annotated[int, Field(gt=0)] = 178_956_970  # Pillow's bomb limit x2
+    max_decode_pixels: Annotated[int, Field(gt=0)] = MAX_DECODE_PIXELS
     buckets: list[Bucket] = Field(
         default_factory=lambda: [
             Bucket(name="low", max_image_tokens=256),

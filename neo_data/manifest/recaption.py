@@ -33,6 +33,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from neo_data.encoding.images import MAX_DECODE_PIXELS
 from neo_data.manifest.base import Strict
 
 Backend = Literal["transformers", "vllm", "openai", "neo"]
@@ -85,7 +86,7 @@ class RecaptionSpec(Strict):
     policy: Policy = "keep_both"
     sources: list[str] | None = None  # only samples of these sources (default: every source)
     # Only `caption` samples carry captions (CURATED_SCHEMA); other kinds pass through unchanged.
-    max_decode_pixels: Annotated[int, Field(gt=0)] = 178_956_970  # decompression-bomb cap
+    max_decode_pixels: Annotated[int, Field(gt=0)] = MAX_DECODE_PIXELS
     num_gpus: Annotated[float | None, Field(ge=0)] = None  # per actor; default 1, openai 0
     num_cpus: Annotated[float, Field(gt=0)] = 1.0  # per actor
     batch_size: Annotated[int, Field(gt=0)] = 16

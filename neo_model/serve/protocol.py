@@ -29,10 +29,10 @@ from fastapi import Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from neo_data.encoding.images import ImageRejected, open_image, smart_resize
+from neo_data.encoding.images import MAX_DECODE_PIXELS, ImageRejected, open_image, smart_resize
 from neo_data.encoding.tokens import NeoTokenizer, TemplateError
 from neo_model.generate import Prompt, SamplingParams
-from neo_model.prompting import MAX_DECODE_PIXELS, build_prompt
+from neo_model.prompting import build_prompt
 
 # Stands for an image inside message text; no client text can contain it (a private-use
 # character pair), so a literal "<image>" typed by a user stays text.

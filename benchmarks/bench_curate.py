@@ -4,15 +4,16 @@ filters/dedup per core.
     python benchmarks/bench_curate.py                  # 1,000 samples, about 1-2 minutes
     python benchmarks/bench_curate.py --samples 10000  # the figures of the report
 
-All runs fetch the same generated JPEGs from one loopback HTTP server (the test crawl server, in
-this process) with the same processes x threads on the same cores. img2dataset runs as a plain
-user runs it (multiprocessing distributor, original bytes kept: ``resize_mode="no"``,
-``skip_reencode``, sha256 on): the baseline. Ours is the whole job on a local Ray already started
-(as on a cluster): download, full decode, filters, perceptual hash, cross-run dedup, output and
-report, once per ``download.engine``: ``neo`` (our urllib fetch) and ``img2dataset`` (its
-``download_image`` in our tasks; its time includes importing img2dataset once in each fresh Ray
-worker, as a cluster pays it). Printed: a table with an engine column, rates and ratios against
-the img2dataset baseline measured in the same run, and each run's peak worker RSS.
+All runs fetch the same generated JPEGs from one loopback HTTP server (the crawl server the
+tests use, ``neo_data.synthetic.crawl``, in this process) with the same processes x threads on
+the same cores. img2dataset runs as a plain user runs it (multiprocessing distributor, original
+bytes kept: ``resize_mode="no"``, ``skip_reencode``, sha256 on): the baseline. Ours is the whole
+job on a local Ray already started (as on a cluster): download, full decode, filters,
+perceptual hash, cross-run dedup, output and report, once per ``download.engine``: ``neo``
+(our urllib fetch) and ``img2dataset`` (its ``download_image`` in our tasks; its time includes
+importing img2dataset once in each fresh Ray worker, as a cluster pays it). Printed: a table
+with an engine column, rates and ratios against the img2dataset baseline measured in the same
+run, and each run's peak worker RSS.
 
 Also, on one core: filters (decode + hash + caption + language) per second, dedup decisions per
 second, and memory (peak RSS) of a curation worker and of the single-core filter loop. A tenth
@@ -25,15 +26,12 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "neo_data")]
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402

@@ -11,23 +11,18 @@ import argparse
 import io
 import multiprocessing as mp
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from helpers import caption_row, write_curated  # noqa: E402
-
-from neo_data.encoding.encode import EncodeSettings, SampleEncoder  # noqa: E402
-from neo_data.encoding.images import ImageEncoding, encode_image, smart_resize  # noqa: E402
-from neo_data.encoding.tokens import load_tokenizer  # noqa: E402
-from neo_data.pack.packing import choose_groups  # noqa: E402
-from neo_data.synthetic.lengths import realistic_mix  # noqa: E402
+from neo_data.encoding.encode import EncodeSettings, SampleEncoder
+from neo_data.encoding.images import ImageEncoding, encode_image, smart_resize
+from neo_data.encoding.tokens import load_tokenizer
+from neo_data.pack.packing import choose_groups
+from neo_data.synthetic.lengths import realistic_mix
+from neo_data.synthetic.rows import ORIGINAL_PROVENANCE, curated_row, image_entry, write_curated
 
 MIN_PIXELS, MAX_PIXELS = 256 * 256, 2048 * 2048
 
@@ -93,10 +88,15 @@ def timed_pool(fn, items, workers: int) -> float:
 
 
 def bench_throughput(images: list[bytes], workers: int) -> list[tuple[str, float, float]]:
+    caption = {
+        "text": "A photo of a scene with some objects. " * 3,
+        "provenance": ORIGINAL_PROVENANCE,
+    }
     rows = [
-        caption_row(i, "A photo of a scene with some objects. " * 3, [b])
+        curated_row("caption", f"bench-{i:06d}", "bench", i, images=[image_entry(b)],
+                    captions=[caption])
         for i, b in enumerate(images)
-    ]
+    ]  # fmt: skip
     base = timed_pool(bare_pillow, images, workers)
     enc = timed_pool(neo_encode, rows, workers)
     enc420 = timed_pool(neo_encode_420, rows, workers)

@@ -36,12 +36,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from neo_data.manifest.recaption import GenerationSpec  # noqa: E402
-from neo_data.recaption.captioners import Captioner, TransformersCaptioner  # noqa: E402
-from neo_model.captioner import NeoCaptioner  # noqa: E402
-from neo_model.testing import save_random_llava, save_random_neo  # noqa: E402
+from neo_data.manifest.recaption import GenerationSpec
+from neo_data.recaption.captioners import Captioner, TransformersCaptioner
+from neo_model.captioner import NeoCaptioner
+from neo_model.testing import save_random_llava, save_random_neo
 
 
 def jpeg_images(n: int, side: int, seed: int = 0) -> list[bytes]:

@@ -9,10 +9,10 @@ FlexAttention on CUDA) at least 2x those of a HF ``Qwen3ForCausalLM`` of the sam
 pre-Buffer + post-LLM) trained with padded batches and ``attn_implementation="sdpa"``, on the
 same GPU in the same run.
 
-The same samples on both sides. ``--packs`` rows of ``--seq-len`` tokens are built as in
-``bench_model.py`` (image-question-answer samples around one or two images of ``--grid`` x
-``--grid`` tokens, a text document filling each row exactly: no padding on the NEO side). The
-HF model gets every sample with the same token count (image tokens become ordinary ids, so it
+The same samples on both sides. ``--packs`` rows of ``--seq-len`` tokens are built as for
+``bench_model.py`` (``neo_model.synthetic_pack.build_pack``: image-question-answer samples
+around one or two images of ``--grid`` x ``--grid`` tokens, a text document filling each row
+exactly: no padding on the NEO side). The HF model gets every sample with the same token count (image tokens become ordinary ids, so it
 does at least as little work per token as NEO: no patch embedding, no H/W q/k), in a seeded
 random order, in batches formed the usual way for padded training: a batch takes samples while
 ``samples x longest`` stays within ``--seq-len`` tokens (the same token budget per step as one
@@ -31,42 +31,23 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from neo_model import config as neo_config
+from neo_model.synthetic_pack import Pack, build_pack, tokenizer_or_chars
+from neo_model.testing import qwen3_config_like, random_neo
+from neo_model.timing import free_memory, time_per_call
 
-from bench_model import (  # noqa: E402
-    PRESETS,
-    Pack,
-    build_model,
-    build_pack,
-    free_memory,
-    time_per_call,
-    tokenizer,
-)
+PRESETS = {"2.2b": neo_config.neo_2_2b, "9b": neo_config.neo_9b, "debug": neo_config.debug}
 
 
 def hf_model(cfg, device: torch.device, dtype: torch.dtype, checkpointing: bool):
-    """A HF Qwen3 with NEO's language dimensions and its layer count (pre-Buffer + post-LLM)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    """A HF Qwen3 with NEO's language dimensions and its layer count (pre-Buffer + post-LLM),
+    SDPA attention, in training mode."""
+    from transformers import Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers + cfg.num_extra_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads,
-        head_dim=cfg.head_dim,
-        rms_norm_eps=cfg.rms_norm_eps,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        max_position_embeddings=65536,
-        attn_implementation="sdpa",
-    )
+    config = qwen3_config_like(cfg, max_position_embeddings=65536, attn_implementation="sdpa")
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen3ForCausalLM(config)
@@ -123,7 +104,7 @@ def hf_loss(model, ids, labels, mask) -> torch.Tensor:
 
 
 def one_pass(steps: list) -> None:
-    """Every step once (timed as one call by ``bench_model.time_per_call``)."""
+    """Every step once (timed as one call by ``neo_model.timing.time_per_call``)."""
     for fn in steps:
         fn()
 
@@ -148,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         args.checkpointing == "auto" and args.preset != "debug"
     )
     cfg = PRESETS[args.preset]()
-    tok = tokenizer()
+    tok = tokenizer_or_chars()
     packs = [
         build_pack(tok, args.seq_len, args.grid, cfg.image_factor, seed=args.seed + k).to(device)
         for k in range(args.packs)
@@ -176,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     free_memory(device)
 
     # NEO, one packed row per step ------------------------------------------------------------
-    neo = build_model(cfg, device, dtype, checkpointing).train()
+    neo = random_neo(cfg, dtype=dtype, device=device).train()
+    neo.language_model.model.gradient_checkpointing = checkpointing
     if args.compile:
         for layer in neo.language_model.model.layers:
             layer.compile()

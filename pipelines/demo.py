@@ -92,30 +92,30 @@ def answer_held_out(
     export: str, pack, seed: int, counts: dict[str, int]
 ) -> list[tuple[str, str, str]]:
     """Ask the final model about held-out scenes: (question, answer, truth) rows."""
-    import io
     import random
 
-    from PIL import Image
-
     from neo_data.encoding.tokens import load_tokenizer
-    from neo_data.synthetic.scenes import caption_for, held_out_scenes, qa_for, render_scene
-    from neo_model.generate import Prompt, SamplingParams, generate
-    from neo_model.prompting import build_prompt
+    from neo_data.synthetic.dataset import held_out_scenes
+    from neo_data.synthetic.render import draw_scene
+    from neo_data.synthetic.texts import DESCRIBE_QUESTION, caption_for, qa_for
+    from neo_model.evaluation import answer_questions
     from neo_model.weights import load_for_inference
 
     model, _ = load_for_inference(export, "cpu")
     tok = load_tokenizer(pack.tokenizer)
-    rows = []
+    images, questions, truths = [], [], []
     for scene in held_out_scenes(seed, 2, **counts):
-        image = Image.open(io.BytesIO(render_scene(scene, (256, 256), "png"))).convert("RGB")
+        image = draw_scene(scene, (256, 256))
         question, truth = qa_for(scene, random.Random(seed))[0]
-        for q, t in (("Describe the image.", caption_for(scene)), (question, truth)):
-            ids, _, pixels = build_prompt(
-                tok, [("user", f"<image>\n{q}")], [image], pack.min_pixels, pack.max_pixels
-            )
-            out = generate(model, [Prompt(ids, pixels)], SamplingParams(max_new_tokens=24))[0]
-            rows.append((q, tok.decode(out).strip(), t))
-    return rows
+        for q, t in ((DESCRIBE_QUESTION, caption_for(scene)), (question, truth)):
+            images.append(image)
+            questions.append(q)
+            truths.append(t)
+    answers = answer_questions(
+        model, tok, images, questions, pack.min_pixels, pack.max_pixels,
+        max_new_tokens=24, batch_size=1,
+    )  # fmt: skip
+    return list(zip(questions, answers, truths, strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,7 +111,7 @@ def tiny_packed(ray_local, tmp_path_factory) -> str:
     images of at most 64x64 pixels) for training tests."""
     from neo_data.manifest import parse_manifest
     from neo_data.pack.job import run_pack
-    from neo_data.synthetic.scenes import write_demo_dataset
+    from neo_data.synthetic.dataset import write_demo_dataset
 
     root = tmp_path_factory.mktemp("tiny-train-data")
     write_demo_dataset(str(root / "curated"), captions=48, conversations=16, texts=24, seed=5)
@@ -130,7 +130,7 @@ def demo_packed(ray_local, tmp_path_factory) -> str:
     pack settings (``<root>/packed``): a real dataset to browse. Yields ``<root>``."""
     from neo_data.manifest import load_manifest
     from neo_data.pack.job import run_pack
-    from neo_data.synthetic.scenes import write_demo_dataset
+    from neo_data.synthetic.dataset import write_demo_dataset
 
     root = tmp_path_factory.mktemp("shards-demo")
     write_demo_dataset(str(root / "curated"), captions=24, conversations=12, texts=30, seed=0)

@@ -1,17 +1,16 @@
-"""Small builders of curated rows and images for tests (no network, deterministic)."""
+"""Small builders of curated rows and images for tests (no network, deterministic), on top of
+:mod:`neo_data.synthetic.rows`."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import socket
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-from neo_data.format.schema import CURATED_SCHEMA
+from neo_data.synthetic import rows as synthetic_rows
+from neo_data.synthetic.rows import curated_row, image_entry
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root
 
@@ -25,70 +24,39 @@ def image_bytes(
     return buf.getvalue()
 
 
-def image_entry(data: bytes) -> dict:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-    except (OSError, Image.UnidentifiedImageError):  # corrupt on purpose: sizes unknown
-        w = h = None
-    return {"bytes": data, "width": w, "height": h, "sha256": hashlib.sha256(data).hexdigest()}
-
-
 def caption_row(i: int, caption: str, images: list[bytes], source: str = "test") -> dict:
-    return {
-        "sample_id": f"{source}-{i:06d}",
-        "kind": "caption",
-        "text_only": False,
-        "images": [image_entry(b) for b in images],
-        "captions": [{"text": caption, "provenance": {"origin": "original"}}],
-        "conversation": None,
-        "text": None,
-        "source": source,
-        "url": f"http://127.0.0.1/{source}/{i}.png",
-        "row": i,
-        "meta": None,
-    }
+    return curated_row(
+        "caption",
+        f"{source}-{i:06d}",
+        source,
+        i,
+        images=[image_entry(b) for b in images],
+        captions=[{"text": caption, "provenance": {"origin": "original"}}],
+        url=f"http://127.0.0.1/{source}/{i}.png",
+    )
 
 
 def conversation_row(
     i: int, turns: list[tuple[str, str]], images: list[bytes], source: str = "chat"
 ) -> dict:
-    return {
-        "sample_id": f"{source}-{i:06d}",
-        "kind": "conversation",
-        "text_only": not images,
-        "images": [image_entry(b) for b in images],
-        "captions": None,
-        "conversation": [{"role": r, "content": c} for r, c in turns],
-        "text": None,
-        "source": source,
-        "url": None,
-        "row": i,
-        "meta": None,
-    }
+    return curated_row(
+        "conversation",
+        f"{source}-{i:06d}",
+        source,
+        i,
+        text_only=not images,
+        images=[image_entry(b) for b in images],
+        conversation=[{"role": r, "content": c} for r, c in turns],
+    )
 
 
 def text_row(i: int, text: str, source: str = "text") -> dict:
-    return {
-        "sample_id": f"{source}-{i:06d}",
-        "kind": "text",
-        "text_only": True,
-        "images": None,
-        "captions": None,
-        "conversation": None,
-        "text": text,
-        "source": source,
-        "url": None,
-        "row": i,
-        "meta": None,
-    }
+    return curated_row("text", f"{source}-{i:06d}", source, i, images=None, text=text)
 
 
 def write_curated(path: str, rows: list[dict], row_group_size: int = 64) -> str:
-    pq.write_table(
-        pa.Table.from_pylist(rows, schema=CURATED_SCHEMA), path, row_group_size=row_group_size
-    )
-    return path
+    """The package's curated writer, with small row groups (so tests see several)."""
+    return synthetic_rows.write_curated(path, rows, row_group_size)
 
 
 def free_port() -> int:

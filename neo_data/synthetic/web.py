@@ -1,9 +1,9 @@
 """The demo data as a crawler meets it: image files behind a loopback HTTP server and source
 tables of URLs, captions, conversations and texts -- the input of ``neo curate``.
 
-The rows are those of :mod:`neo_data.synthetic.scenes` (same generator, seeds and sample counts); their
-images become files under ``<web>/images/`` and the tables are written as a user's raw sources
-would be: Parquet (url + caption; text), JSONL (image URLs + turns).
+The rows are those of :mod:`neo_data.synthetic.dataset` (same generator, seeds and sample
+counts); their images become files under ``<web>/images/`` and the tables are written as a
+user's raw sources would be: Parquet (url + caption; text), JSONL (image URLs + turns).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neo_data.synthetic.scenes import caption_row, conversation_row, text_row
+from neo_data.synthetic.dataset import demo_caption_row, demo_conversation_row, demo_text_row
 
 # Source names of the demo manifests (manifests/demo.yaml).
 SOURCES = {
@@ -60,7 +60,7 @@ def write_web_sources(
     def caption_table(rows: range) -> pa.Table:
         out = []
         for r in rows:
-            row = caption_row(seed, r)
+            row = demo_caption_row(seed, r)
             out.append(
                 {"url": save(row, 0, f"caption-{r:06d}"), "caption": row["captions"][0]["text"]}
             )
@@ -78,10 +78,10 @@ def write_web_sources(
     pq.write_table(caption_table(range(captions, captions + recaption)), paths["recaption"])
     with open(paths["conversations"], "w", encoding="utf-8") as f:
         for r in range(conversations):
-            row = conversation_row(seed, r)
+            row = demo_conversation_row(seed, r)
             urls = [save(row, k, f"chat-{r:06d}") for k in range(len(row["images"]))]
             f.write(json.dumps({"images": urls, "conversation": row["conversation"]}) + "\n")
-    docs = [{"text": text_row(seed, r)["text"]} for r in range(texts)]
+    docs = [{"text": demo_text_row(seed, r)["text"]} for r in range(texts)]
     pq.write_table(
         pa.Table.from_pylist(docs, schema=pa.schema({"text": pa.string()})), paths["text"]
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from neo_data.format.shards import PackedDataset
-from neo_data.synthetic.scenes import write_demo_dataset
+from neo_data.synthetic.dataset import write_demo_dataset
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

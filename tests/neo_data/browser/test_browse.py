@@ -37,7 +37,7 @@ from neo_data.format.schema import INDEX_NAME
 from neo_data.format.shards import PackedDataset
 from neo_data.manifest import load_manifest
 from neo_data.pack.job import encode_settings, run_pack
-from neo_data.synthetic.scenes import write_demo_dataset
+from neo_data.synthetic.dataset import write_demo_dataset
 from tests.helpers import REPO, caption_row, conversation_row, image_bytes, write_curated
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from neo_data.encoding.encode import EncodeSettings, SampleEncoder
-from neo_data.encoding.images import ImageEncoding, encode_image, smart_resize
+from neo_data.encoding.images import MAX_DECODE_PIXELS, ImageEncoding, encode_image, smart_resize
 from neo_data.encoding.tokens import load_tokenizer
 from neo_data.pack.packing import choose_groups
 from neo_data.synthetic.lengths import realistic_mix
@@ -65,7 +65,7 @@ _ENCODERS: dict[str, SampleEncoder] = {}
 def _encoder(subsampling: str) -> SampleEncoder:
     if subsampling not in _ENCODERS:
         enc = ImageEncoding("jpeg", 95, subsampling)
-        settings = EncodeSettings(16384, 16384, MIN_PIXELS, MAX_PIXELS, 178_956_970, enc)
+        settings = EncodeSettings(16384, 16384, MIN_PIXELS, MAX_PIXELS, MAX_DECODE_PIXELS, enc)
         _ENCODERS[subsampling] = SampleEncoder(load_tokenizer(), settings)
     return _ENCODERS[subsampling]
 

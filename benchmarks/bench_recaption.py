@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from neo_data.encoding.images import MAX_DECODE_PIXELS
 from neo_data.manifest.recaption import GenerationSpec
 from neo_data.recaption.captioners import Captioner, TransformersCaptioner
 from neo_model.captioner import NeoCaptioner
@@ -108,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             if backend == "transformers":
                 path = save_random_llava(Path(tmp) / "llava", shape, dtype)
                 captioner = TransformersCaptioner(
-                    str(path), prompt, generation, 178_956_970, device=args.device
+                    str(path), prompt, generation, MAX_DECODE_PIXELS, device=args.device
                 )
             elif backend == "neo":
                 path = save_random_neo(Path(tmp) / "neo", shape, dtype)
                 captioner = NeoCaptioner(
-                    str(path), prompt, generation, 178_956_970, device=args.device
+                    str(path), prompt, generation, MAX_DECODE_PIXELS, device=args.device
                 )
             else:
                 raise SystemExit(f"unknown backend {backend!r}")

@@ -14,11 +14,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
+from neo_data.encoding.tokens import IGNORE_INDEX, IMG_CONTEXT_ID
 from neo_data.loader import BlendOrder, PackOrder, PackStream
-from neo_model.train.loop import _pixel_budget
+from neo_data.manifest.train import TrainSpec
+from neo_model.attention import PAD_SAMPLE
+from neo_model.config import debug
+from neo_model.model import NeoChatModel
+from neo_model.train.loop import _pixel_budget, model_inputs, train_step
 from neo_model.weights import from_pretrained
 from tests.helpers import REPO, UNSHARE, free_port
 
@@ -55,6 +62,84 @@ def test_stream_resumes_with_the_very_next_packs(tiny_packed):
     ]
     assert [f[2:] for f in full] == resumed
     assert not set(full[0]) & set(full[1][:2])  # ranks read different packs
+
+
+@pytest.fixture()
+def one_rank_group():
+    """A one-rank gloo process group in this process (``train_step`` all-reduces its weights)."""
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _packs_needing_padding(packed: str, count: int) -> list:
+    """Real packs with several samples and images whose length is not a multiple of 128."""
+    found = []
+    for _, p in zip(range(64), PackStream(packed, 0, 1, seed=0), strict=False):
+        if p.num_tokens % 128 and len(p.sample_lengths) > 1 and p.images:
+            found.append(p)
+        if len(found) == count:
+            return found
+    raise AssertionError(f"fewer than {count} packs of {packed} need padding to 128")
+
+
+def _samples(pack) -> list[tuple[int, int]]:
+    """``(start, end)`` token offsets of each sample of a pack."""
+    cu = pack.cu_seqlens.tolist()
+    return list(zip(cu[:-1], cu[1:], strict=True))
+
+
+def test_padding_to_128_adds_an_unsupervised_sample_of_its_own(tiny_packed):
+    """What CUDA trains on (``pad_to_multiple``: 128), checked on CPU: the pack's tokens as they
+    are, then padding that is its own sample, carries no labels and holds no image tokens."""
+    (pack,) = _packs_needing_padding(tiny_packed, 1)
+    n, cpu = pack.num_tokens, torch.device("cpu")
+    plain, padded = model_inputs(pack, cpu, 1), model_inputs(pack, cpu, 128)
+    length = -(-n // 128) * 128
+    assert length > n and length % 128 == 0
+    assert plain["input_ids"].shape == (1, n) and padded["input_ids"].shape == (1, length)
+    ids = np.concatenate([np.full(b - a, k) for k, (a, b) in enumerate(_samples(pack))])
+    for name, column in pack.columns.items():
+        assert padded[name][0, :n].tolist() == plain[name][0].tolist() == column.tolist(), name
+    assert plain["sample_ids"][0].tolist() == padded["sample_ids"][0, :n].tolist() == ids.tolist()
+    assert set(padded["labels"][0, n:].tolist()) == {IGNORE_INDEX}
+    assert set(padded["sample_ids"][0, n:].tolist()) == {PAD_SAMPLE} and PAD_SAMPLE not in ids
+    assert set(padded["image_ordinal"][0, n:].tolist()) == {-1}
+    assert IMG_CONTEXT_ID not in padded["input_ids"][0, n:].tolist()
+    assert len(padded["pixel_values"]) == len(plain["pixel_values"]) == len(pack.images)
+    for a, b in zip(padded["pixel_values"], plain["pixel_values"], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_step_on_packs_padded_to_128_equals_the_step_on_unpadded_packs(
+    tiny_packed, one_rank_group
+):
+    """``train_step`` with ``pad_to=128`` (CUDA) and ``pad_to=1`` (CPU) on the same two real
+    packs: the same loss, gradient norm and gradients, to float32 round-off (padding with labels
+    would add its own loss and gradients)."""
+    packs = _packs_needing_padding(tiny_packed, 2)
+    spec = TrainSpec(
+        init={"kind": "random"}, output="unused", steps=1, packs_per_step=2,
+        loss_weighting="sample_sqrt", grad_clip=1e9,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = NeoChatModel(debug())
+    results = []
+    for pad_to in (1, 128):
+        model.zero_grad(set_to_none=True)
+        loss, grad_norm = train_step(model, packs, spec, torch.device("cpu"), 1, pad_to)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss, grad_norm, grads))
+    (loss, norm, grads), (loss_pad, norm_pad, grads_pad) = results
+    assert math.isfinite(loss) and loss > 0 and norm > 0
+    assert loss_pad == pytest.approx(loss, rel=1e-6)
+    assert norm_pad == pytest.approx(norm, rel=1e-5)
+    assert grads.keys() == grads_pad.keys() == {n for n, _ in model.named_parameters()}
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_pad[name], g, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def _trainer_cmd(manifest: Path, out: Path, sets: list[str]) -> list[str]:

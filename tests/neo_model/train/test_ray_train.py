@@ -20,8 +20,8 @@ import torch
 from neo_data.manifest.model import parse_manifest
 from neo_model.testing import tiny_qwen3
 from neo_model.train.ray_train import run_stage
-from neo_model.weights import from_pretrained
-from tests.helpers import REPO
+from neo_model.weights import from_pretrained, from_qwen3
+from tests.helpers import REPO, stage_1_keys
 
 pytestmark = pytest.mark.slow
 
@@ -175,10 +175,11 @@ def _export_local(uninterrupted, tmp_path) -> Path:
 def test_three_stages_chain_through_their_exports(ray_local, tiny_packed, tmp_path):
     qwen = tiny_qwen3(tie=True)
     qwen.save_pretrained(tmp_path / "qwen3")
-    stage1 = run_stage(manifest(
+    m1 = manifest(
         tiny_packed, tmp_path / "s1", steps=2, trainable="stage",
         init=f"{{kind: qwen3, path: {tmp_path / 'qwen3'}, pre_buffer_layers: 2}}",
-    ))  # fmt: skip
+    )  # fmt: skip
+    stage1 = run_stage(m1)
     s1 = from_pretrained(stage1.export)
     assert s1.config.num_extra_layers == 2 and s1.config.num_hidden_layers == 2
     # stage 1 left the Qwen3 weights as they were and trained the new parts
@@ -195,6 +196,14 @@ def test_three_stages_chain_through_their_exports(ray_local, tiny_packed, tmp_pa
         torch.testing.assert_close(
             post.mlp.up_proj.weight, q[f"model.layers.{i}.mlp.up_proj.weight"], rtol=0, atol=0
         )
+    # every tensor of the stage-1 set moved from its start (the Qwen3 checkpoint widened to NEO
+    # as stage 1 builds it); every other one is bit for bit what it was
+    start = from_qwen3(tmp_path / "qwen3", num_extra_layers=2, seed=m1.train.seed).state_dict()
+    trained, frozen = stage_1_keys(pre_buffer=2, post_llm=2)
+    end = s1.state_dict()
+    assert end.keys() == start.keys() == trained | frozen
+    moved = {n for n in end if not torch.equal(end[n], start[n])}
+    assert moved == trained, (sorted(trained - moved), sorted(moved - trained))
 
     stage2 = run_stage(manifest(
         tiny_packed, tmp_path / "s2", stage="midtrain", steps=2, trainable="stage",

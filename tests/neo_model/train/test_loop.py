@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 
 from neo_data.encoding.tokens import IGNORE_INDEX, IMG_CONTEXT_ID
 from neo_data.loader import BlendOrder, PackOrder, PackStream
@@ -62,17 +61,6 @@ def test_stream_resumes_with_the_very_next_packs(tiny_packed):
     ]
     assert [f[2:] for f in full] == resumed
     assert not set(full[0]) & set(full[1][:2])  # ranks read different packs
-
-
-@pytest.fixture()
-def one_rank_group():
-    """A one-rank gloo process group in this process (``train_step`` all-reduces its weights)."""
-    if dist.is_initialized():
-        yield
-        return
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def _packs_needing_padding(packed: str, count: int) -> list:
@@ -142,6 +130,37 @@ def test_a_step_on_packs_padded_to_128_equals_the_step_on_unpadded_packs(
         torch.testing.assert_close(grads_pad[name], g, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_a_step_is_the_gradient_of_the_mean_loss_over_all_its_supervised_tokens(
+    tiny_packed, one_rank_group
+):
+    """Gradient accumulation: a step over two packs (``packs_per_step: 2``) returns the mean
+    token loss over both packs' supervised tokens and leaves its gradient, computed here from
+    each pack's own mean loss (the model's logits path) weighted by its supervised count."""
+    packs = _packs_needing_padding(tiny_packed, 2)
+    assert packs[0].num_supervised != packs[1].num_supervised  # unequal weights matter
+    spec = TrainSpec(
+        init={"kind": "random"}, output="unused", steps=1, packs_per_step=2, grad_clip=1e9
+    )
+    torch.manual_seed(0)
+    model = NeoChatModel(debug())
+    loss, _ = train_step(model, packs, spec, torch.device("cpu"), 1, 1)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    total = sum(p.num_supervised for p in packs)
+    reference = 0.0
+    for p in packs:
+        b = model_inputs(p, torch.device("cpu"), 1)
+        out = model(
+            b["input_ids"], b["t_index"], b["h_index"], b["w_index"], b["image_ordinal"],
+            sample_ids=b["sample_ids"], pixel_values=b["pixel_values"], labels=b["labels"],
+        )  # fmt: skip
+        reference = reference + out.loss * p.num_supervised / total
+    reference.backward()
+    assert loss == pytest.approx(float(reference.detach()), rel=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def _trainer_cmd(manifest: Path, out: Path, sets: list[str]) -> list[str]:
     args = [sys.executable, "-m", "pipelines.train_worker", "--manifest", str(manifest)]
     for s in [f"train.output={out}", *sets]:
@@ -192,6 +211,10 @@ def test_killed_run_resumes_from_its_checkpoint_exactly(manifest_file, tmp_path)
     metrics = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4, 6]  # every log_every steps
     assert all(math.isfinite(m["loss"]) and m["tokens_per_s"] > 0 for m in metrics)
+    # the LR a log line reports is the optimizer's after that step: warm-up over 1 step (1% of
+    # 6, at least one), then a cosine from the peak (1e-3) to 0.1x (pretrain) after the last step
+    cosine = [1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * (s - 1) / 5))) for s in (2, 4, 6)]
+    assert [m["lr"] for m in metrics] == pytest.approx(cosine, rel=1e-9)
 
     proc = subprocess.Popen(
         _trainer_cmd(manifest_file, resumed, []), cwd=REPO, env=_env(tmp_path / "log-resumed"),
@@ -220,8 +243,13 @@ def test_killed_run_resumes_from_its_checkpoint_exactly(manifest_file, tmp_path)
     assert all(straight_log[x["step"]] == x["pack_id"] for x in after)
 
     a, b = from_pretrained(straight / "export"), from_pretrained(resumed / "export")
+    # the export carries the pixel budget the packs were made with (the manifest's pack:)
+    assert (a.config.min_pixels, a.config.max_pixels) == (1024, 4096)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    # the resumed run logs the same learning rates (the schedule restored with the step)
+    resumed_metrics = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert {m["step"]: m["lr"] for m in resumed_metrics} == {m["step"]: m["lr"] for m in metrics}
     state = json.loads((resumed / "checkpoints/step-00000006/trainer_state.json").read_text())
     assert state == {"step": 6, "cursor": 6, "world_size": 1}
     # keep_checkpoints (3) complete checkpoints are kept
@@ -300,7 +328,7 @@ def test_a_stage_trains_on_a_mixture_of_packed_datasets(manifest_file, tiny_pack
     mixture = f"[{{path: {tiny_packed}, weight: 3}}, {{path: {other}, weight: 1}}]"
     run = subprocess.run(
         _trainer_cmd(manifest_file, tmp_path / "out",
-                     ["train.steps=4", "train.checkpoint_every=4", f"train.data={mixture}"]),
+                     ["train.steps=4", "train.checkpoint_every=3", f"train.data={mixture}"]),
         cwd=REPO, env=_env(tmp_path / "log"), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -308,6 +336,9 @@ def test_a_stage_trains_on_a_mixture_of_packed_datasets(manifest_file, tiny_pack
     blend = BlendOrder([3, 1])
     assert logged == [(p, blend.at(p)[0]) for p in range(4)]
     assert {d for _, d in logged} == {0, 1}
+    # every checkpoint_every steps, and at the last step whatever the interval
+    checkpoints = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000003", "step-00000004"]
 
 
 def test_a_mixture_of_datasets_packed_for_different_pixels_is_refused():

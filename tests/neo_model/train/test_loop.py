@@ -302,6 +302,19 @@ def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batch(
     a, b = from_pretrained(one / "export"), from_pretrained(two / "export")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)
+    # Adam hides a gradient scaled by a constant; the logged loss and gradient norm do not: both
+    # runs log the same global mean loss and the norm of the same global gradient
+    logged = [
+        [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        for out in (one, two)
+    ]
+    assert [m["step"] for m in logged[0]] == [m["step"] for m in logged[1]] == [2, 3]
+    for m1, m2 in zip(*logged, strict=True):
+        assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-5)
+        assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
+    # the data cursor counts the packs of every rank
+    state = json.loads((two / "checkpoints/step-00000003/trainer_state.json").read_text())
+    assert state == {"step": 3, "cursor": 6, "world_size": 2}
 
 
 def test_a_run_on_s3_resumes_from_its_checkpoint_read_in_place(manifest_file, s3_bucket, tmp_path):

@@ -84,3 +84,44 @@ def netns_unavailable() -> str | None:
     if probe.returncode == 0:
         return None
     return f"`{' '.join(UNSHARE)}` is not permitted here: {probe.stderr.strip()}"
+
+
+# The architecture doc's checkpoint keys (section 7) and stage 1's trainable set (section 8),
+# written out here rather than read from neo_model, so that the tests' expectation is independent.
+PATCH_EMBEDDING_KEYS = frozenset(
+    f"vision_model.embeddings.{conv}.{p}"
+    for conv in ("patch_embedding", "dense_embedding")
+    for p in ("weight", "bias")
+)
+ATTENTION_PARTS = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "q_proj_hw", "k_proj_hw",
+    "q_norm", "k_norm", "q_norm_h", "q_norm_w", "k_norm_h", "k_norm_w",
+)  # fmt: skip
+LAYER_KEYS = frozenset(
+    [f"self_attn.{p}.weight" for p in ATTENTION_PARTS]
+    + [f"mlp.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")]
+    + ["input_layernorm.weight", "post_attention_layernorm.weight"]
+)
+HW_KEYS = frozenset(  # the H/W query/key projections and their norms
+    f"self_attn.{p}.weight"
+    for p in ("q_proj_hw", "k_proj_hw", "q_norm_h", "q_norm_w", "k_norm_h", "k_norm_w")
+)
+
+
+def stage_1_keys(pre_buffer: int, post_llm: int) -> tuple[set[str], set[str]]:
+    """``(trained, frozen)`` checkpoint keys of stage 1 for a NEO of ``pre_buffer`` + ``post_llm``
+    layers: the patch embedding, the whole pre-Buffer and the post-LLM's H/W parts train; the
+    token embedding, the head (``language_model.lm_head.weight``, tied or not), the final norm and
+    the post-LLM's Qwen3 weights stay as they were."""
+    layers = "language_model.model.layers"
+    post = range(pre_buffer, pre_buffer + post_llm)
+    trained = set(PATCH_EMBEDDING_KEYS)
+    trained |= {f"{layers}.{i}.{k}" for i in range(pre_buffer) for k in LAYER_KEYS}
+    trained |= {f"{layers}.{i}.{k}" for i in post for k in HW_KEYS}
+    frozen = {f"{layers}.{i}.{k}" for i in post for k in LAYER_KEYS - HW_KEYS}
+    frozen |= {
+        "language_model.model.embed_tokens.weight",
+        "language_model.model.norm.weight",
+        "language_model.lm_head.weight",
+    }
+    return trained, frozen

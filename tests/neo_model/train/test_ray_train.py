@@ -20,8 +20,8 @@ import torch
 from neo_data.manifest import parse_manifest
 from neo_model.testing import tiny_qwen3
 from neo_model.train.ray_train import run_stage
-from neo_model.weights import from_pretrained
-from tests.helpers import REPO
+from neo_model.weights import from_pretrained, from_qwen3
+from tests.helpers import REPO, stage_1_keys
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +42,15 @@ train:
   lr: 1.0e-3
   loss_weighting: sample_sqrt
   max_failures: 2
+  keep_checkpoints: {keep}
 """
 
 
 def manifest(packed, output, *, stage="pretrain", init="{kind: random, preset: debug}",
-             steps=6, workers=2, accum=1, trainable="all"):  # fmt: skip
+             steps=6, workers=2, accum=1, trainable="all", keep=3):  # fmt: skip
     text = MANIFEST.format(
         stage=stage, packed=packed, output=output, init=init, steps=steps, workers=workers,
-        accum=accum, trainable=trainable,
+        accum=accum, trainable=trainable, keep=keep,
     )  # fmt: skip
     return parse_manifest(text, "test.yaml")
 
@@ -67,12 +68,13 @@ def assert_same_weights(a_dir, b_dir, atol=0.0):
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_local, tiny_packed, s3_endpoint, tmp_path_factory, monkeypatch_module):
-    """Two workers, 6 steps, checkpoints and export on S3 (moto)."""
+    """Two workers, 6 steps, a checkpoint every 2, the newest 2 kept; checkpoints and export
+    on S3 (moto)."""
     logs = tmp_path_factory.mktemp("log-straight")
     monkeypatch_module.setenv("NEO_TRAIN_PACK_LOG", str(logs))
     s3fs.S3FileSystem().mkdir("neo-train-runs")
     out = "s3://neo-train-runs/straight"
-    result = run_stage(manifest(tiny_packed, out))
+    result = run_stage(manifest(tiny_packed, out, keep=2))
     monkeypatch_module.delenv("NEO_TRAIN_PACK_LOG")
     return out, logs, result
 
@@ -89,7 +91,7 @@ def test_checkpoints_and_export_land_on_s3(uninterrupted, tmp_path):
     fs = s3fs.S3FileSystem()
     root = out.removeprefix("s3://")
     steps = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/checkpoints") if "step-" in p)
-    assert steps == ["step-00000002", "step-00000004", "step-00000006"]
+    assert steps == ["step-00000004", "step-00000006"]  # keep_checkpoints: 2 of the 3 made
     files = {p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/checkpoints/step-00000006")}
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "trainer_state.json"} <= files
     state = json.loads(fs.cat(f"{root}/checkpoints/step-00000006/trainer_state.json"))
@@ -106,7 +108,7 @@ def test_two_ranks_equal_one_rank_accumulating_the_same_packs(uninterrupted, tin
     one = tmp_path / "one-rank.yaml"
     one.write_text(MANIFEST.format(
         stage="pretrain", packed=tiny_packed, output=tmp_path / "one", steps=6, workers=1,
-        accum=2, trainable="all", init="{kind: random, preset: debug}",
+        accum=2, trainable="all", init="{kind: random, preset: debug}", keep=3,
     ))  # fmt: skip
     run = subprocess.run(
         [sys.executable, "-m", "pipelines.train_worker", "--manifest", str(one)],
@@ -175,10 +177,11 @@ def _export_local(uninterrupted, tmp_path) -> Path:
 def test_three_stages_chain_through_their_exports(ray_local, tiny_packed, tmp_path):
     qwen = tiny_qwen3(tie=True)
     qwen.save_pretrained(tmp_path / "qwen3")
-    stage1 = run_stage(manifest(
+    m1 = manifest(
         tiny_packed, tmp_path / "s1", steps=2, trainable="stage",
         init=f"{{kind: qwen3, path: {tmp_path / 'qwen3'}, pre_buffer_layers: 2}}",
-    ))  # fmt: skip
+    )  # fmt: skip
+    stage1 = run_stage(m1)
     s1 = from_pretrained(stage1.export)
     assert s1.config.num_extra_layers == 2 and s1.config.num_hidden_layers == 2
     # stage 1 left the Qwen3 weights as they were and trained the new parts
@@ -195,6 +198,14 @@ def test_three_stages_chain_through_their_exports(ray_local, tiny_packed, tmp_pa
         torch.testing.assert_close(
             post.mlp.up_proj.weight, q[f"model.layers.{i}.mlp.up_proj.weight"], rtol=0, atol=0
         )
+    # every tensor of the stage-1 set moved from its start (the Qwen3 checkpoint widened to NEO
+    # as stage 1 builds it); every other one is bit for bit what it was
+    start = from_qwen3(tmp_path / "qwen3", num_extra_layers=2, seed=m1.train.seed).state_dict()
+    trained, frozen = stage_1_keys(pre_buffer=2, post_llm=2)
+    end = s1.state_dict()
+    assert end.keys() == start.keys() == trained | frozen
+    moved = {n for n in end if not torch.equal(end[n], start[n])}
+    assert moved == trained, (sorted(trained - moved), sorted(moved - trained))
 
     stage2 = run_stage(manifest(
         tiny_packed, tmp_path / "s2", stage="midtrain", steps=2, trainable="stage",

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from neo_data.format.shards import PackedDataset
-from neo_data.manifest.model import load_manifest
+from neo_data.manifest import load_manifest
+from neo_data.manifest.examples import example_path
 from neo_model.weights import from_pretrained, from_qwen3
-from pipelines.demo import MANIFESTS, STAGE_MANIFESTS, relocate
+from pipelines.demo import STAGE_MANIFESTS, relocate
 from tests.helpers import stage_1_keys
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,7 @@ def test_main_job_chain_through_ray_job_submit(ray_cluster, tmp_path):
 
     steps_override = {"train.steps": TRAIN_STEPS}
     stages = [
-        relocate(load_manifest(MANIFESTS / name, steps_override), str(out))
+        relocate(load_manifest(example_path(name), steps_override), str(out))
         for name in STAGE_MANIFESTS
     ]
     _check_curate_and_recaption(out)

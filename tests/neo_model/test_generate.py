@@ -145,3 +145,38 @@ def test_greedy_takes_the_largest_generable_logit_and_seeds_change_the_draws():
     first = draws(replace(sampled, seed=1), rows=8, steps=4)
     assert np.array_equal(first, draws(replace(sampled, seed=1), rows=8, steps=4))
     assert not np.array_equal(first, draws(replace(sampled, seed=2), rows=8, steps=4))
+
+
+class RecordingModel:
+    """The model, keeping a copy of the last-position logits ``[B, vocab]`` of every call."""
+
+    def __init__(self, model):
+        self.model, self.config, self.language_model = model, model.config, model.language_model
+        self.logits: list[torch.Tensor] = []
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.logits.append(out.logits[:, -1].clone())
+        return out
+
+
+def test_every_cached_step_gives_the_logits_of_a_full_forward(debug_model, prompts):
+    """Logits, not only tokens (a random model's argmax hardly depends on attention): each
+    step of batched, left-padded, cached generation equals the uncached forward pass over the
+    prompt and the tokens generated so far, positions from the T/H/W rule."""
+    recording = RecordingModel(debug_model)
+    steps = 4
+    new = generate(recording, prompts, SamplingParams(max_new_tokens=steps, stop_id=-1))
+    assert len(recording.logits) == steps + 1  # the prompt, then one call per new token
+    factor = debug_model.config.image_factor
+    for row, prompt in enumerate(prompts):
+        grids = [(img.shape[1] // factor, img.shape[2] // factor) for img in prompt.images]
+        ids = [*np.asarray(prompt.input_ids).tolist(), *new[row]]
+        t, h, w, ordinal = (torch.from_numpy(a).long()[None] for a in thw_indices(ids, grids))
+        with torch.no_grad():
+            full = debug_model(torch.tensor([ids]), t, h, w, ordinal, pixel_values=prompt.images)
+        n = len(prompt.input_ids)
+        for step, logits in enumerate(recording.logits):
+            torch.testing.assert_close(
+                logits[row], full.logits[0, n - 1 + step], rtol=1e-4, atol=1e-4
+            )

@@ -186,3 +186,12 @@ def test_text_document_is_fully_supervised(tok):
 def test_template_errors_say_what_is_wrong(tok, turns, grids, match):
     with pytest.raises(TemplateError, match=match):
         render_turns(tok, turns, grids)
+
+
+def test_every_assistant_turn_and_nothing_else_is_supervised(tok):
+    turns = [("system", "Be brief."), ("user", "Hi."), ("assistant", "Hello."),
+             ("user", "Bye."), ("assistant", "Bye now.")]  # fmt: skip
+    r = render_turns(tok, turns, [])
+    assert (
+        tok.decode(r.input_ids[r.supervised].tolist()) == "Hello.<|im_end|>\nBye now.<|im_end|>\n"
+    )

@@ -1,14 +1,22 @@
-"""Cached, batched generation equals recomputing the whole sequence at every step."""
+"""Cached, batched generation equals recomputing the whole sequence at every step; sampling
+draws from the tempered, top-k-truncated softmax."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from scipy.stats import chi2
 
 from neo_data.encoding.positions import thw_indices
-from neo_data.encoding.tokens import render_turns
-from neo_model.generate import Prompt, SamplingParams, generate
+from neo_data.encoding.tokens import IMG_CONTEXT_ID, render_turns
+from neo_model.config import debug
+from neo_model.generate import Prompt, SamplingParams, generate, generate_steps
+from neo_model.model import NeoOutput
 from tests.neo_model.neo_inputs import random_images
 
 
@@ -70,3 +78,105 @@ def test_sampling_is_seeded(debug_model, prompts):
     first = generate(debug_model, prompts, params)
     assert first == generate(debug_model, prompts, params)
     assert all(0 <= t < debug_model.config.vocab_size for row in first for t in row)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler's distribution, through generate_steps with fixed logits
+# ---------------------------------------------------------------------------------------------
+
+# Five candidate tokens; every other token has logit -inf. <IMG_CONTEXT> has the largest logit
+# but is never generated (image tokens only come with pixels).
+CANDIDATES = {10: 3.0, 11: 1.5, 12: 0.0, 13: -1.5, IMG_CONTEXT_ID: 5.0}
+
+
+class FixedLogits:
+    """Stands in for the model: every forward call gives the same last-position logits."""
+
+    def __init__(self, config):
+        self.config = config
+        self.language_model = SimpleNamespace(lm_head=SimpleNamespace(weight=torch.zeros(1)))
+        self.logits = torch.full((config.vocab_size,), -torch.inf)
+        for token, value in CANDIDATES.items():
+            self.logits[token] = value
+
+    def __call__(self, input_ids, *args, **kwargs) -> NeoOutput:
+        return NeoOutput(self.logits.repeat(input_ids.shape[0], 1, 1))  # [B, 1, vocab]
+
+
+def draws(params: SamplingParams, rows: int = 20, steps: int = 25) -> np.ndarray:
+    """``rows * steps`` tokens that ``generate_steps`` samples from :data:`CANDIDATES`."""
+    prompts = [Prompt([151644, 872, 198])] * rows
+    params = replace(params, max_new_tokens=steps, stop_id=-1)
+    out = list(generate_steps(FixedLogits(debug()), prompts, params))
+    assert len(out) == steps
+    return np.asarray(out).flatten()
+
+
+def expected_probabilities(temperature: float, top_k: int | None) -> dict[int, float]:
+    """softmax(logit / temperature) over the candidates other than <IMG_CONTEXT>, restricted to
+    the ``top_k`` largest, renormalised."""
+    kept = sorted((t for t in CANDIDATES if t != IMG_CONTEXT_ID), key=lambda t: -CANDIDATES[t])
+    kept = kept[:top_k] if top_k else kept
+    weights = {t: math.exp(CANDIDATES[t] / temperature) for t in kept}
+    return {t: w / sum(weights.values()) for t, w in weights.items()}
+
+
+@pytest.mark.parametrize(("temperature", "top_k"), [(2.0, None), (1.5, 2)])
+def test_sampling_follows_the_tempered_truncated_softmax(temperature, top_k):
+    """500 seeded draws: only the top_k candidates appear, with the frequencies of
+    softmax(logits / temperature) (chi-square at p = 1e-6, so a correct sampler passes whatever
+    the seed). A wrong sampler's statistic is far above the bound: greedy ~400 and ~185,
+    temperature ignored ~110 in the first case; an off-by-one or ignored top_k draws a
+    third candidate in the second."""
+    got = draws(SamplingParams(temperature=temperature, top_k=top_k, seed=7))
+    probs = expected_probabilities(temperature, top_k)
+    assert set(np.unique(got).tolist()) <= set(probs)  # nothing outside the kept candidates
+    observed = np.array([(got == t).sum() for t in probs])
+    expected = np.array(list(probs.values())) * len(got)
+    statistic = float(((observed - expected) ** 2 / expected).sum())
+    assert statistic < chi2.isf(1e-6, df=len(probs) - 1), (observed, expected.round())
+    assert (observed > 0).all()  # every kept candidate is drawn (each has p >= 1% here)
+
+
+def test_greedy_takes_the_largest_generable_logit_and_seeds_change_the_draws():
+    assert set(draws(SamplingParams(temperature=0.0), rows=4, steps=3).tolist()) == {10}
+    assert set(draws(SamplingParams(temperature=1.0, top_k=1), rows=4, steps=3).tolist()) == {10}
+    sampled = SamplingParams(temperature=1.0)
+    first = draws(replace(sampled, seed=1), rows=8, steps=4)
+    assert np.array_equal(first, draws(replace(sampled, seed=1), rows=8, steps=4))
+    assert not np.array_equal(first, draws(replace(sampled, seed=2), rows=8, steps=4))
+
+
+class RecordingModel:
+    """The model, keeping a copy of the last-position logits ``[B, vocab]`` of every call."""
+
+    def __init__(self, model):
+        self.model, self.config, self.language_model = model, model.config, model.language_model
+        self.logits: list[torch.Tensor] = []
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.logits.append(out.logits[:, -1].clone())
+        return out
+
+
+def test_every_cached_step_gives_the_logits_of_a_full_forward(debug_model, prompts):
+    """Logits, not only tokens (a random model's argmax hardly depends on attention): each
+    step of batched, left-padded, cached generation equals the uncached forward pass over the
+    prompt and the tokens generated so far, positions from the T/H/W rule."""
+    recording = RecordingModel(debug_model)
+    steps = 4
+    new = generate(recording, prompts, SamplingParams(max_new_tokens=steps, stop_id=-1))
+    assert len(recording.logits) == steps + 1  # the prompt, then one call per new token
+    factor = debug_model.config.image_factor
+    for row, prompt in enumerate(prompts):
+        grids = [(img.shape[1] // factor, img.shape[2] // factor) for img in prompt.images]
+        ids = [*np.asarray(prompt.input_ids).tolist(), *new[row]]
+        t, h, w, ordinal = (torch.from_numpy(a).long()[None] for a in thw_indices(ids, grids))
+        with torch.no_grad():
+            full = debug_model(torch.tensor([ids]), t, h, w, ordinal, pixel_values=prompt.images)
+        n = len(prompt.input_ids)
+        for step, logits in enumerate(recording.logits):
+            torch.testing.assert_close(
+                logits[row], full.logits[0, n - 1 + step], rtol=1e-4, atol=1e-4
+            )

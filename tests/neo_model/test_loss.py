@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from neo_model.loss import causal_lm_loss
+from neo_model.loss import causal_lm_loss, loss_weights
 
 
 def test_sample_sqrt_weighting():
@@ -20,3 +20,14 @@ def test_sample_sqrt_weighting():
     torch.testing.assert_close(got, expected)
     token_mean = causal_lm_loss(logits, labels, sample_ids, "token")
     torch.testing.assert_close(token_mean, ce[labels[0] != -100].mean())
+
+
+def test_sample_sqrt_weighting_keeps_rows_apart():
+    """Every row's sample ids start at 0: sample 0 of row 0 and sample 0 of row 1 are two
+    samples, each weighted by its own supervised count."""
+    labels = torch.tensor([[1, 2, 3, -100], [4, -100, 5, -100]])
+    sample_ids = torch.tensor([[0, 0, 0, 0], [0, 0, 1, 1]])
+    got = loss_weights(labels, sample_ids, "sample_sqrt")
+    third = 3**-0.5
+    torch.testing.assert_close(got, torch.tensor([[third, third, third, 0], [1.0, 0, 1.0, 0]]))
+    assert torch.equal(loss_weights(labels, sample_ids, "token"), (labels != -100).float())

@@ -15,7 +15,8 @@ from neo_data.encoding.positions import ImageTokenMismatch
 from neo_data.encoding.tokens import IMG_CONTEXT_ID, IMG_START_ID
 from neo_model.config import debug, neo_2_2b, neo_9b
 from neo_model.loss import loss_weights
-from neo_model.model import NeoChatModel, normalize_image
+from neo_model.model import NeoChatModel, NeoVisionEmbeddings, normalize_image
+from neo_model.rope import vision_rope_2d
 from tests.neo_model.neo_inputs import make_pack, make_sample, model_inputs, random_images
 
 CAPTION = [("user", "Look: <image>\nDescribe it."), ("assistant", "A red square on grey.")]
@@ -186,3 +187,36 @@ def test_debug_model_learns_a_pack(tok):
         losses.append(out.loss.item())
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_each_image_token_is_its_32_pixel_block_in_row_major_order(debug_model):
+    """The patch embedding is local: token k of a 2x3 image depends on exactly the 32x32 pixel
+    block (k // 3, k % 3), so its tokens come out row by row, as the T/H/W rule numbers them."""
+    embeddings = debug_model.vision_model.embeddings
+    image = torch.randn(3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = embeddings(image)
+        assert base.shape == (6, debug_model.config.hidden_size)
+        for row in range(2):
+            for col in range(3):
+                changed = image.clone()
+                changed[:, 32 * row : 32 * (row + 1), 32 * col : 32 * (col + 1)] += 1.0
+                moved = (embeddings(changed) - base).abs().amax(dim=1) > 0
+                assert moved.nonzero().flatten().tolist() == [3 * row + col], (row, col)
+
+
+def test_patch_embedding_is_conv_gelu_2d_rope_conv_with_the_configs_vision_theta():
+    """Architecture doc, section 3, with ``rope_theta_vision`` 1,000 (the released training
+    script's default, unlike H/W's 10,000): so the embedding must read its own theta."""
+    config = debug().replace(rope_theta_vision=1000.0)
+    torch.manual_seed(0)
+    embeddings = NeoVisionEmbeddings(config)
+    image = torch.randn(3, 64, 96, generator=torch.Generator().manual_seed(1))
+    conv1, conv2 = embeddings.patch_embedding, embeddings.dense_embedding
+    with torch.no_grad():
+        features = F.gelu(F.conv2d(image[None], conv1.weight, conv1.bias, stride=16))[0]
+        for theta, equal in ((1000.0, True), (config.rope_theta_hw, False)):
+            rotated = vision_rope_2d(features.permute(1, 2, 0), theta).permute(2, 0, 1)
+            tokens = F.conv2d(rotated[None], conv2.weight, conv2.bias, stride=2)[0]
+            expected = tokens.flatten(1).T  # [6, hidden], row-major
+            assert torch.allclose(embeddings(image), expected, atol=1e-5) == equal, theta

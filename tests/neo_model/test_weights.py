@@ -14,9 +14,11 @@ from neo_model.rope import NativeRope
 from neo_model.weights import (
     INDEX_NAME,
     WEIGHTS_NAME,
+    CheckpointError,
     from_pretrained,
     from_qwen3,
     hw_query_weight,
+    load_for_inference,
     save_pretrained,
 )
 from tests.neo_model.neo_inputs import make_pack, make_sample, model_inputs
@@ -177,3 +179,15 @@ def test_fresh_model_state_dict_has_released_names():
     assert "language_model.lm_head.weight" in names
     per_layer = {n.split("layers.0.")[1] for n in names if ".layers.0." in n}
     assert len(per_layer) == 12 + 3 + 2  # attention, MLP, two layer norms
+
+
+def test_load_for_inference_gives_the_saved_model_in_fp32_eval_mode_on_cpu(tmp_path, debug_model):
+    save_pretrained(debug_model, tmp_path)
+    model, vision = load_for_inference(str(tmp_path), "cpu")
+    assert not model.training
+    assert vision == debug_model.config.to_released()["vision_config"]
+    saved = debug_model.state_dict()
+    for key, tensor in model.state_dict().items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, saved[key]), key
+    with pytest.raises(CheckpointError, match="no such directory"):
+        load_for_inference(str(tmp_path / "missing"), "cpu")

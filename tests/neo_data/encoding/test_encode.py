@@ -68,3 +68,22 @@ def test_caption_choice_mix_follows_the_ratio():
     assert encoder(caption_choice="original").choose_caption(row) == "original text"
     assert encoder(caption_choice="recaption").choose_caption(row) == "recaptioned text"
     assert encoder(caption_choice="first").choose_caption(row) == "original text"
+
+
+def test_the_token_and_image_budgets_are_inclusive():
+    row = caption_row(0, "A red box.", [image_bytes(96, 64)])  # a 2x3 grid: 6 image tokens
+    n = encoder()(row).num_tokens
+    assert encoder(seq_len=n)(row).num_tokens == n
+    with pytest.raises(SampleRejected, match=f"{n} tokens > pack budget {n - 1}"):
+        encoder(seq_len=n - 1)(row)
+    assert encoder(max_image_tokens=6)(row).num_image_tokens == 6
+    with pytest.raises(SampleRejected, match="6 image tokens > pack image budget 5"):
+        encoder(max_image_tokens=5)(row)
+
+
+def test_recaption_choice_takes_the_newest_recaption():
+    row = caption_row(0, "original text", [image_bytes(64, 64)])
+    for text in ("first recaption", "second recaption"):
+        row["captions"].append({"text": text, "provenance": {"origin": "recaption", "model": "m"}})
+    assert encoder(caption_choice="recaption").choose_caption(row) == "second recaption"
+    assert encoder(caption_choice="original").choose_caption(row) == "original text"

@@ -126,3 +126,13 @@ def test_a_pixel_bomb_is_refused_before_decoding():
             _png_header_only(50000, 50000), 65536, 4194304, ImageEncoding(), max_decode_pixels=10**8
         )
     assert e.value.reason == "image_too_many_pixels"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(0x8040, 0x80), (200, 200)])
+def test_16_bit_grey_keeps_its_top_8_bits_unless_it_fits_in_8(value, expected):
+    """A 16-bit grey image becomes grey RGB of its top byte (Pillow alone would clip at 255);
+    one whose values all fit in 8 bits keeps them."""
+    grey = Image.fromarray(np.full((64, 64), value, dtype=np.uint16))
+    out = prepare_image(_encode(grey, "PNG"), 1024, 65536, ImageEncoding("png"))
+    pixels = np.asarray(Image.open(io.BytesIO(out.data)))
+    assert pixels.shape == (64, 64, 3) and (pixels == expected).all()

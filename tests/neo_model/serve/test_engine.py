@@ -184,3 +184,28 @@ def test_a_client_that_leaves_stops_its_batch(model, tok):
     first, calls, later = asyncio.run(main())
     assert first.finish_reason is None
     assert calls == later < 30  # stopped, well before its 30 tokens
+
+
+def test_sampled_requests_batch_only_with_the_same_temperature_top_k_and_seed(model, tok):
+    """Sampled rows share one generator, so only requests that sample alike batch; a request
+    alone in its batch gets exactly its own seeded draw."""
+    reqs = [
+        request("Hi.", 4, temperature=1.0, seed=1),
+        request("Hi.", 4, temperature=1.0, seed=2),
+        request("Hi.", 4, temperature=1.0, top_k=5, seed=1),
+        request("Yo.", 4, temperature=1.0, seed=1),
+    ]
+
+    async def main():
+        engine = Engine(model, tok, settings())
+        answers = await asyncio.gather(*(engine.answer(r) for r in reqs))
+        return engine.stats, answers
+
+    stats, answers = asyncio.run(main())
+    assert stats == {"requests": 4, "batches": 3, "largest_batch": 2}
+    for req, answer in zip(reqs[1:3], answers[1:3], strict=True):
+        ids, _, _ = build_prompt(tok, [("user", "Hi.")], [], 1024, 65536)
+        params = SamplingParams(max_new_tokens=4, temperature=1.0, top_k=req.top_k, seed=req.seed)
+        new = generate(model, [Prompt(ids)], params)[0]
+        assert answer.text == tok.decode(new, skip_special_tokens=True)
+    assert answers[0].text != answers[1].text  # the seed matters

@@ -218,6 +218,13 @@ def test_three_stages_chain_through_their_exports(ray_local, tiny_packed, tmp_pa
     }  # fmt: skip
     assert "language_model.model.embed_tokens.weight" in changed
     assert "language_model.model.layers.3.mlp.up_proj.weight" in changed  # stage 2 trains all
+    # ... and starts from stage 1's export: Adam moves a weight by about lr (1e-3) a step at most
+    # (x1.5: bias correction), so 2 steps leave every weight within 3e-3 of it
+    far = max(
+        float((a - b).abs().max())
+        for a, b in zip(s1.state_dict().values(), s2.state_dict().values(), strict=True)
+    )
+    assert far <= 1.5 * 2 * 1e-3, far
 
     stage3 = run_stage(manifest(
         tiny_packed, tmp_path / "s3", stage="sft", steps=2, trainable="stage",

@@ -38,7 +38,7 @@ from neo_data.format.storage import join
 from neo_data.loader import LoadedPack, PackStream
 from neo_data.manifest import Manifest
 from neo_data.manifest.train import TrainSpec
-from neo_model.attention import PAD_SAMPLE
+from neo_model.attention import sample_ids_from_cu_seqlens
 from neo_model.loss import loss_weights
 from neo_model.model import NeoChatModel, normalize_image
 from neo_model.train.checkpoint import (
@@ -185,8 +185,7 @@ def model_inputs(pack: LoadedPack, device: torch.device, pad_to: int) -> dict[st
         padded = np.full(length, fill, dtype=np.int64)
         padded[:n] = arr
         cols[name] = torch.from_numpy(padded)[None].to(device)
-    sample_ids = np.full(length, PAD_SAMPLE, dtype=np.int64)
-    sample_ids[:n] = np.repeat(np.arange(len(pack.cu_seqlens) - 1), np.diff(pack.cu_seqlens))
-    cols["sample_ids"] = torch.from_numpy(sample_ids)[None].to(device)
+    cu_seqlens = torch.as_tensor(np.asarray(pack.cu_seqlens, dtype=np.int64))
+    cols["sample_ids"] = sample_ids_from_cu_seqlens(cu_seqlens, length)[None].to(device)
     cols["pixel_values"] = [normalize_image(img).to(device) for img in pack.images]
     return cols

@@ -103,8 +103,8 @@ pack:
 """
 
 
-def manifest_for(curated: str, packed: str):
-    return parse_manifest(MANIFEST.format(curated=curated, packed=packed), "test.yaml")
+def manifest_for(curated: str, packed: str, overrides: dict | None = None):
+    return parse_manifest(MANIFEST.format(curated=curated, packed=packed), "test.yaml", overrides)
 
 
 @pytest.fixture(scope="module")
@@ -167,20 +167,12 @@ def test_shards_are_bucketed_and_budgets_hold(packed):
             assert all(pack["t_index"][s] == 0 for s in cu[:-1])
 
 
-BUDGET_MANIFEST = """
-name: budget
-stage: pretrain
-data:
-  curated: [{curated}]
-  packed: {packed}
-pack:
-  seq_len: 2048
-  max_image_tokens: 200
-  min_pixels: 4096
-  max_pixels: 65536
-  buckets: [{{name: all, max_image_tokens: 64}}]
-  packs_per_shard: 4
-"""
+# The test manifest with a per-pack image budget of 200 tokens and images of at most 64 tokens.
+BUDGET = {
+    "pack.max_image_tokens": 200,
+    "pack.max_pixels": 65536,
+    "pack.buckets": [{"name": "all", "max_image_tokens": 64}],
+}
 
 
 def test_the_per_pack_image_budget_binds_before_the_token_budget(ray_local, tmp_path):
@@ -194,10 +186,7 @@ def test_the_per_pack_image_budget_binds_before_the_token_budget(ray_local, tmp_
         [image_bytes(256, 256)] * 4,
     )
     write_curated(str(tmp_path / "curated.parquet"), [*rows, four])
-    manifest = parse_manifest(
-        BUDGET_MANIFEST.format(curated=tmp_path / "curated.parquet", packed=tmp_path / "packed"),
-        "budget.yaml",
-    )
+    manifest = manifest_for(str(tmp_path / "curated.parquet"), str(tmp_path / "packed"), BUDGET)
     result = run_pack(manifest)
     t = result.index["totals"]
     assert result.index["max_image_tokens"] == 200

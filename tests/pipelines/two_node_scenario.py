@@ -2,7 +2,7 @@
 namespace of its own. Not a test module: ``tests/pipelines/test_train_submit.py`` runs it as
 
     unshare --net --pid --fork --mount-proc --kill-child \
-        .venv/bin/python tests/pipelines/two_node_scenario.py --packed DIR --out DIR
+        .venv/bin/python -m tests.pipelines.two_node_scenario --packed DIR --out DIR
 
 (``--pid --fork --mount-proc``: a PID namespace too, whose init is this script, so that even if
 it is killed the kernel ends every process it started.)
@@ -37,8 +37,8 @@ import traceback
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.helpers import free_port  # noqa: E402
-from tests.raycluster import RayCluster  # noqa: E402
+from tests.helpers import free_port
+from tests.raycluster import RayCluster
 
 BUCKET = "neo-cluster"
 STEPS = 4

@@ -92,7 +92,7 @@ from neo_model.testing import random_neo
 from neo_model.timing import free_memory, sync, time_per_call
 from neo_model.train.flops import FlopCount
 
-PRESETS = {"2.2b": neo_config.neo_2_2b, "9b": neo_config.neo_9b, "debug": neo_config.debug}
+PRESETS = neo_config.PRESETS
 H100_BF16_DENSE_TFLOPS = 989.0
 
 FLOP_CONVENTION = {"causal": "standard", "neo": "mask_aware"}  # FlopCount.step's keys

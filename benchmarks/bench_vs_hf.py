@@ -39,7 +39,7 @@ from neo_model.synthetic_pack import Pack, build_pack, tokenizer_or_chars
 from neo_model.testing import qwen3_config_like, random_neo
 from neo_model.timing import free_memory, time_per_call
 
-PRESETS = {"2.2b": neo_config.neo_2_2b, "9b": neo_config.neo_9b, "debug": neo_config.debug}
+PRESETS = neo_config.PRESETS
 
 
 def hf_model(cfg, device: torch.device, dtype: torch.dtype, checkpointing: bool):

@@ -52,8 +52,8 @@ class NeoCaptioner(Captioner):
         )
 
     @classmethod
-    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
-        return {"tokenizer": spec.tokenizer, "device": device}
+    def spec_options(cls, spec: RecaptionSpec) -> dict[str, Any]:
+        return {"tokenizer": spec.tokenizer}
 
     def prepare(self, images: Sequence[bytes]) -> Prompt:
         decoded = [self.decode(data) for data in images]

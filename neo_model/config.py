@@ -299,3 +299,7 @@ def debug() -> NeoConfig:
         min_pixels=32 * 32,
         max_pixels=256 * 256,
     )
+
+
+# The sizes by the names the benchmarks take on their command line (`--preset 2.2b`).
+PRESETS = {"2.2b": neo_2_2b, "9b": neo_9b, "debug": debug}

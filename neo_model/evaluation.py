@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from neo_data.encoding.tokens import NeoTokenizer, render_turns
+from neo_data.encoding.tokens import NeoTokenizer, render_turns, user_content
 from neo_data.format.schema import IMAGE_PLACEHOLDER
 from neo_data.loader import PackStream
 from neo_model.generate import Prompt, SamplingParams, generate
@@ -80,7 +80,7 @@ def answer_questions(
         prompts = []
         batch = zip(images[s : s + batch_size], questions[s : s + batch_size], strict=True)
         for image, question in batch:
-            turns = [("user", f"{IMAGE_PLACEHOLDER}\n{question}")]
+            turns = [("user", user_content(question, 1, IMAGE_PLACEHOLDER))]
             ids, _, pixels = build_prompt(tok, turns, [image], min_pixels, max_pixels)
             prompts.append(Prompt(ids, pixels))
         for ids in generate(model, prompts, SamplingParams(max_new_tokens=max_new_tokens)):

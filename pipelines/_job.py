@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from neo_data.format.schema import SchemaMismatch
+from neo_data.format.storage import OutputConflict
 from neo_data.manifest import Manifest, ManifestError, load_manifest, parse_overrides
+
+# What a data job raises for a user to act on (printed as `error: ...`, exit status 2): its
+# output holds other work, an input is missing, an input has another schema.
+JOB_ERRORS = (OutputConflict, FileNotFoundError, SchemaMismatch)
 
 
 def job_parser(prog: str, doc: str, set_example: str) -> argparse.ArgumentParser:

@@ -11,9 +11,8 @@ import sys
 from neo_data.curate.job import run_curate
 from neo_data.curate.plan import CurateError
 from neo_data.curate.report import format_report
-from neo_data.format.storage import OutputConflict
 from neo_data.ray_env import init_ray
-from pipelines._job import job_parser, load_job_manifest
+from pipelines._job import JOB_ERRORS, job_parser, load_job_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     try:
         result = run_curate(manifest, concurrency=args.concurrency)
-    except (CurateError, OutputConflict, FileNotFoundError) as e:
+    except (CurateError, *JOB_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.skipped:

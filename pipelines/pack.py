@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from neo_data.format.storage import OutputConflict
 from neo_data.pack.job import run_pack
-from neo_data.pack.report import format_report, verify_report
+from neo_data.pack.report import format_report
 from neo_data.ray_env import init_ray
-from pipelines._job import job_parser, load_job_manifest
+from pipelines._job import JOB_ERRORS, job_parser, load_job_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     try:
         result = run_pack(manifest, concurrency=args.concurrency)
-    except OutputConflict as e:
+    except JOB_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    verify_report(result.index)
     if result.skipped:
         print(f"{result.output} is already complete (same manifest); nothing to do.")
     print(format_report(result.index))

@@ -9,14 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from neo_data.format.schema import SchemaMismatch
-from neo_data.format.storage import OutputConflict
 from neo_data.manifest.recaption import check_policy
 from neo_data.ray_env import init_ray
 from neo_data.recaption.captioners import CaptionerUnavailable
 from neo_data.recaption.job import run_recaption
 from neo_data.recaption.report import format_report
-from pipelines._job import job_parser, load_job_manifest
+from pipelines._job import JOB_ERRORS, job_parser, load_job_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     try:
         result = run_recaption(manifest)
-    except (OutputConflict, FileNotFoundError, SchemaMismatch, CaptionerUnavailable) as e:
+    except (*JOB_ERRORS, CaptionerUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.files_skipped:

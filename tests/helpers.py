@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from neo_data.synthetic import rows as synthetic_rows
-from neo_data.synthetic.rows import curated_row, image_entry
+from neo_data.synthetic.rows import ORIGINAL_PROVENANCE, curated_row, image_entry
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root
 
@@ -31,7 +31,7 @@ def caption_row(i: int, caption: str, images: list[bytes], source: str = "test")
         source,
         i,
         images=[image_entry(b) for b in images],
-        captions=[{"text": caption, "provenance": {"origin": "original"}}],
+        captions=[{"text": caption, "provenance": ORIGINAL_PROVENANCE}],
         url=f"http://127.0.0.1/{source}/{i}.png",
     )
 

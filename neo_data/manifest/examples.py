@@ -9,6 +9,7 @@ editable install points the package at the folder itself. A name is a file's ste
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 import textwrap
@@ -34,8 +35,16 @@ def _folder() -> Traversable:
 
 def example_names() -> list[str]:
     """The names of the packaged manifests, sorted."""
-    return sorted(
-        p.name.removesuffix(".yaml") for p in _folder().iterdir() if p.name.endswith(".yaml")
+    return list(_names())
+
+
+@functools.cache
+def _names() -> tuple[str, ...]:
+    """The package folder is listed once per process: its files do not change under it."""
+    return tuple(
+        sorted(
+            p.name.removesuffix(".yaml") for p in _folder().iterdir() if p.name.endswith(".yaml")
+        )
     )
 
 

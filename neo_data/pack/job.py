@@ -54,7 +54,7 @@ from neo_data.pack.plan import (
     plan_window,
     plan_windows,
 )
-from neo_data.pack.report import make_report
+from neo_data.pack.report import make_report, verify_report
 
 log = logging.getLogger(__name__)
 
@@ -282,5 +282,6 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None) -> PackResul
     ]
     results.sort(key=lambda r: r["window"])
     index = make_report(manifest, mhash, results, time.perf_counter() - t0)
+    verify_report(index)  # a miscount leaves no index: the dataset stays unfinished
     write_index(fs, root, index)  # the commit point, after every shard
     return PackResult(output, index, skipped=False)

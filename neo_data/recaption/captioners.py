@@ -89,13 +89,13 @@ class Captioner(ABC):
         self.max_decode_pixels = max_decode_pixels
 
     @classmethod
-    def from_spec(cls, spec: RecaptionSpec, device: str | None = None) -> Captioner:
+    def from_spec(cls, spec: RecaptionSpec) -> Captioner:
         """This backend built from a ``recaption:`` section, loaded and ready."""
         common = (spec.model, spec.prompt, spec.generation, spec.max_decode_pixels)
-        return cls(*common, **cls.spec_options(spec, device))
+        return cls(*common, **cls.spec_options(spec))
 
     @classmethod
-    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
+    def spec_options(cls, spec: RecaptionSpec) -> dict[str, Any]:
         """The keyword arguments of this backend's ``__init__`` beyond the common four."""
         return {}
 
@@ -194,8 +194,8 @@ class TransformersCaptioner(Captioner):
         self._templates: dict[int, str] = {}
 
     @classmethod
-    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
-        return {"dtype": spec.dtype, "device": device}
+    def spec_options(cls, spec: RecaptionSpec) -> dict[str, Any]:
+        return {"dtype": spec.dtype}
 
     def template(self, num_images: int) -> str:
         if num_images not in self._templates:
@@ -262,6 +262,6 @@ def backend_class(name: str) -> type[Captioner]:
         ) from e
 
 
-def make_captioner(spec: RecaptionSpec, device: str | None = None) -> Captioner:
+def make_captioner(spec: RecaptionSpec) -> Captioner:
     """The backend ``spec`` names, loaded and ready (called in each actor's ``__init__``)."""
-    return backend_class(spec.backend).from_spec(spec, device)
+    return backend_class(spec.backend).from_spec(spec)

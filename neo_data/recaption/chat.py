@@ -85,7 +85,7 @@ class OpenAICaptioner(_DataURLCaptioner):
         self._api_key = key
 
     @classmethod
-    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
+    def spec_options(cls, spec: RecaptionSpec) -> dict[str, Any]:
         assert spec.openai is not None  # RecaptionSpec validates it
         return {"settings": spec.openai}
 
@@ -164,7 +164,7 @@ class VLLMCaptioner(_DataURLCaptioner):
         )
 
     @classmethod
-    def spec_options(cls, spec: RecaptionSpec, device: str | None) -> dict[str, Any]:
+    def spec_options(cls, spec: RecaptionSpec) -> dict[str, Any]:
         return {"dtype": spec.dtype}
 
     def run(self, prepared: list[list[str]]) -> list[str]:

@@ -256,7 +256,7 @@ def put_dir(local: Path, url: str) -> None:
 def get_dir(url: str) -> Path:
     """A local directory with the files at ``url`` (the directory itself when it is local)."""
     fs, root = url_to_fs(url)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if is_local(fs):
         return Path(root)
     local = Path(tempfile.mkdtemp(prefix="neo-weights-"))
     if not fs.exists(root):

@@ -10,7 +10,6 @@ builds the packed dataset, runs the scenario, and asserts on the result it write
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,16 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, UNSHARE
+from tests.pipelines import two_node_scenario as scenario
 
 pytestmark = pytest.mark.slow
-SCENARIO = Path(__file__).with_name("two_node_scenario.py")
-
-
-def _scenario_module():
-    spec = importlib.util.spec_from_file_location("two_node_scenario", SCENARIO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _stop(unshare: subprocess.Popen) -> None:
@@ -72,7 +64,6 @@ def _run_scenario(packed: str, out: Path, tcp_listeners) -> tuple[int, str, set[
 
 
 def test_train_stage_on_a_two_node_cluster_with_s3(netns, tiny_packed, tmp_path):
-    scenario = _scenario_module()
     code, output, appeared = _run_scenario(tiny_packed, tmp_path, scenario.tcp_listeners)
     result_file = tmp_path / "result.json"
     assert result_file.exists(), f"scenario exited {code} without a result:\n{output[-6000:]}"

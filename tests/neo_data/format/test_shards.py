@@ -34,7 +34,7 @@ def test_a_shard_record_describes_the_file_written(tmp_path, small_packed):
     assert (info["samples"], info["text_samples"], info["images"]) == (4, 2, 2)
     assert (info["tokens"], info["image_tokens"]) == (20, 4)
     packs = list(ds.iter_packs())
-    assert info["supervised_tokens"] == sum(p["num_supervised"] for p in packs) > 0
+    assert info["supervised_tokens"] == sum(p["num_supervised"] for p in packs) == 12  # (4 + 2) x 2
     assert [p["num_tokens"] for p in packs] == [10, 10]
     meta = pq.ParquetFile(tmp_path / "packed-0" / info["path"]).metadata
     assert meta.num_row_groups == 2  # one row group per pack: one range request reads one pack

@@ -5,7 +5,8 @@ the released NEO layout (:func:`neo_model.weights.save_pretrained`):
 
 * ``auto_map`` in ``config.json`` (AutoConfig, AutoModel, AutoModelForCausalLM) and our own
   remote code, the modules of this package: ``configuration_neo_chat.py``,
-  ``modeling_neo_chat.py``, ``image_processing_neo_chat.py`` and ``processing_neo_chat.py``
+  ``modeling_neo_chat.py`` (with ``modeling_neo_llm.py``, ``modeling_neo_vit.py``),
+  ``image_processing_neo_chat.py`` and ``processing_neo_chat.py``
   (standalone: torch and transformers only, so they run where ``neo`` is not installed);
 * the tokenizer the model was trained with (:func:`neo_data.encoding.tokens.load_tokenizer`):
   the slow files ``vocab.json`` / ``merges.txt``, the fast ``tokenizer.json``,
@@ -22,9 +23,11 @@ wrapper calls them, and ``neo chat`` / ``neo serve`` read the same folder.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import tempfile
 from importlib.resources import files
 from pathlib import Path
 
@@ -44,6 +47,8 @@ from neo_model.model import IMAGENET_MEAN, IMAGENET_STD
 REMOTE_CODE = (
     "configuration_neo_chat.py",
     "modeling_neo_chat.py",
+    "modeling_neo_llm.py",
+    "modeling_neo_vit.py",
     "image_processing_neo_chat.py",
     "processing_neo_chat.py",
 )
@@ -90,18 +95,29 @@ def write_hf_extras(folder: str | os.PathLike, config: NeoConfig, tokenizer: str
     write_tokenizer(folder, tokenizer)
     _write_json(folder / "generation_config.json", generation_config())
     _write_json(folder / "preprocessor_config.json", preprocessor_config(config))
-    _write_json(folder / "processor_config.json", {"processor_class": "NEOProcessor", "auto_map": PROCESSOR_AUTO_MAP})
+    _write_json(
+        folder / "processor_config.json",
+        {"processor_class": "NEOProcessor", "auto_map": PROCESSOR_AUTO_MAP},
+    )
 
 
 def write_tokenizer(folder: Path, spec: str = BUILTIN) -> None:
     """``tokenizer.json``, ``vocab.json`` + ``merges.txt``, ``tokenizer_config.json`` and
     ``special_tokens_map.json`` of the tokenizer named by ``spec``."""
+    for name, data in tokenizer_files(spec).items():
+        (folder / name).write_bytes(data)
+
+
+@functools.cache
+def tokenizer_files(spec: str = BUILTIN) -> dict[str, bytes]:
+    """The tokenizer files of ``spec`` by name (built once per process: a few seconds)."""
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_str(load_tokenizer(spec).backend.to_str())  # a copy, default flags
-    backend.save(str(folder / "tokenizer.json"))
-    backend.model.save(str(folder))  # vocab.json, merges.txt (the slow tokenizer's files)
     added = backend.get_added_tokens_decoder()
+    missing = {t: i for t, i in NEO_TOKENS.items() if i not in added or added[i].content != t}
+    if missing:
+        raise ValueError(f"tokenizer {spec!r}: NEO's tokens not at their ids: {missing}")
     decoder = {
         str(i): {
             "content": t.content,
@@ -113,33 +129,34 @@ def write_tokenizer(folder: Path, spec: str = BUILTIN) -> None:
         }
         for i, t in sorted(added.items())
     }
-    specials = [t.content for _, t in sorted(added.items()) if t.special]
-    extra = [s for s in specials if s not in (ENDOFTEXT, IM_END)]
-    _write_json(
-        folder / "tokenizer_config.json",
-        {
-            "tokenizer_class": "Qwen2Tokenizer",
-            "added_tokens_decoder": decoder,
-            "additional_special_tokens": extra,
-            "bos_token": None,
-            "eos_token": IM_END,
-            "pad_token": ENDOFTEXT,
-            "unk_token": None,
-            "errors": "replace",
-            "add_prefix_space": False,
-            "clean_up_tokenization_spaces": False,
-            "split_special_tokens": False,
-            "model_max_length": MODEL_MAX_LENGTH,
-            "chat_template": CHAT_TEMPLATE,
-        },
-    )
-    _write_json(
-        folder / "special_tokens_map.json",
-        {"additional_special_tokens": extra, "eos_token": IM_END, "pad_token": ENDOFTEXT},
-    )
-    missing = {t: i for t, i in NEO_TOKENS.items() if added.get(i) is None or added[i].content != t}
-    if missing:
-        raise ValueError(f"tokenizer {spec!r}: NEO's tokens not at their ids: {missing}")
+    extra = [t.content for _, t in sorted(added.items()) if t.special]
+    extra = [s for s in extra if s not in (ENDOFTEXT, IM_END)]
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": decoder,
+        "additional_special_tokens": extra,
+        "bos_token": None,
+        "eos_token": IM_END,
+        "pad_token": ENDOFTEXT,
+        "unk_token": None,
+        "errors": "replace",
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+        "model_max_length": MODEL_MAX_LENGTH,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    specials_map = {"additional_special_tokens": extra, "eos_token": IM_END, "pad_token": ENDOFTEXT}
+    with tempfile.TemporaryDirectory(prefix="neo-tokenizer-") as tmp:
+        backend.save(os.path.join(tmp, "tokenizer.json"))
+        backend.model.save(tmp)  # vocab.json, merges.txt: the slow tokenizer's files
+        out = {
+            name: Path(tmp, name).read_bytes()
+            for name in ("tokenizer.json", "vocab.json", "merges.txt")
+        }
+    out["tokenizer_config.json"] = _json_bytes(config)
+    out["special_tokens_map.json"] = _json_bytes(specials_map)
+    return out
 
 
 def generation_config() -> dict:
@@ -170,5 +187,9 @@ def preprocessor_config(config: NeoConfig) -> dict:
     }
 
 
+def _json_bytes(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+
+
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    path.write_bytes(_json_bytes(data))

@@ -96,7 +96,9 @@ class NEOLLMConfig(PretrainedConfig):
         self.max_position_embeddings_hw = int(_scalar(max_position_embeddings_hw))
         self.initializer_range = initializer_range
         if rope_parameters and rope_parameters.get("rope_type", "default") != "default":
-            raise ValueError(f"llm_config.rope_parameters: only rope_type 'default', got {rope_parameters}")
+            raise ValueError(
+                f"llm_config.rope_parameters: only rope_type 'default', got {rope_parameters}"
+            )
         super().__init__(tie_word_embeddings=bool(_scalar(tie_word_embeddings)), **kwargs)
 
 

@@ -14,6 +14,7 @@ Two kinds of source:
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,7 +50,9 @@ def read_train_state(checkpoint: Path, manifest: Manifest) -> NeoChatModel:
     model.language_model.tie_weights()
     state = {"model": model.state_dict()}
     try:
-        dcp.load(state, checkpoint_id=str(checkpoint))
+        with warnings.catch_warnings():  # one process on purpose: DCP's no-process-group note
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(checkpoint))
     except (RuntimeError, ValueError, KeyError) as e:  # DCP's CheckpointException is a RuntimeError
         raise ExportError(
             f"checkpoint {checkpoint}: its model state does not fit the model of manifest "

@@ -24,7 +24,9 @@ class NEOProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
-    def __call__(self, text: str | list[str], images=None, return_tensors: str = "pt", **kwargs: Any):
+    def __call__(
+        self, text: str | list[str], images=None, return_tensors: str = "pt", **kwargs: Any
+    ):
         """``text`` (one string or a list) with one ``<image>`` per image, in order."""
         texts = [text] if isinstance(text, str) else list(text)
         images = [] if images is None else images

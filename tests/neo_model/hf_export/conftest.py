@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from neo_model.config import debug
-from neo_model.model import NeoChatModel
 from neo_model.hf_export import write_hf_extras
+from neo_model.model import NeoChatModel
 from neo_model.weights import save_pretrained
 
 

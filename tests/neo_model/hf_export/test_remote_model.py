@@ -23,7 +23,7 @@ from neo_model.hf_export import AUTO_MAP, REMOTE_CODE
 from neo_model.prompting import build_prompt
 
 TOL = 1e-5
-GEN = {"max_new_tokens": 8, "do_sample": False}
+GEN = {"max_new_tokens": 5, "do_sample": False}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,9 @@ def _neo_answer(neo, turns, images, max_new_tokens=GEN["max_new_tokens"]) -> tup
 
 def test_the_export_is_a_complete_hf_folder_in_the_released_layout(export_dir, neo):
     names = {p.name for p in export_dir.iterdir()}
-    assert set(REMOTE_CODE) | {"config.json", "model.safetensors", "generation_config.json"} <= names
+    assert (
+        set(REMOTE_CODE) | {"config.json", "model.safetensors", "generation_config.json"} <= names
+    )
     assert {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"} <= names
     assert {"special_tokens_map.json", "preprocessor_config.json"} <= names
     config = json.loads((export_dir / "config.json").read_text())
@@ -173,7 +175,9 @@ def test_chat_answers_like_neo_chat_over_a_conversation_with_history(
         text = hf_model.chat(hf_tokenizer, None, "Hello?", dict(GEN))
     finally:
         hf_model.system_message = ""
-    assert text == _neo_answer(neo, [("system", "You answer in French."), ("user", "Hello?")], [])[1]
+    assert (
+        text == _neo_answer(neo, [("system", "You answer in French."), ("user", "Hello?")], [])[1]
+    )
 
     with pytest.raises(ValueError, match="1 <image> placeholders but 2 images"):
         hf_model.chat(hf_tokenizer, both["pixel_values"], "?", dict(GEN), grid_hw=both["grid_hw"])
@@ -259,4 +263,5 @@ def test_the_remote_code_runs_where_neo_cannot_be_imported(export_dir, neo, imag
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["neo_modules"] == []
-    assert result["answer"] == _neo_answer(neo, [("user", user_content("What is this?", 1))], images[:1])[1]
+    turns = [("user", user_content("What is this?", 1))]
+    assert result["answer"] == _neo_answer(neo, turns, images[:1], max_new_tokens=8)[1]

@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="the Hugging Face folder to write (replaced)")
     ap.add_argument("--manifest", help="the run's manifest (for a training checkpoint)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--tokenizer", default=BUILTIN, help="builtin:qwen3 or a tokenizer.json dir")
+    ap.add_argument(
+        "--tokenizer",
+        help=f"the tokenizer to ship: default the manifest's pack.tokenizer, else {BUILTIN}",
+    )
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     from neo_model.hf_export.convert import ExportError, export_checkpoint
 
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.manifest
             else None
         )
-        config = export_checkpoint(args.checkpoint, args.out, manifest, args.tokenizer)
+        tokenizer = args.tokenizer or (manifest.pack.tokenizer if manifest else BUILTIN)
+        config = export_checkpoint(args.checkpoint, args.out, manifest, tokenizer)
     except (ManifestError, ExportError, FileNotFoundError, ValueError) as e:
         print(f"neo export: {e}", file=sys.stderr)
         return 2

@@ -183,6 +183,25 @@ def test_chat_answers_like_neo_chat_over_a_conversation_with_history(
         hf_model.chat(hf_tokenizer, both["pixel_values"], "?", dict(GEN), grid_hw=both["grid_hw"])
 
 
+def test_vlmevalkits_bf16_load_chats(export_dir, hf_tokenizer, images, processor):
+    """``AutoModel.from_pretrained(path, torch_dtype=torch.bfloat16, trust_remote_code=True)``,
+    then chat with bf16 pixel values, as VLMEvalKit's wrapper does."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(
+        export_dir, torch_dtype=torch.bfloat16, trust_remote_code=True
+    ).eval()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    feats = processor(images[:1])
+    config = {"do_sample": False, "max_new_tokens": 3, "top_p": None}
+    answer = model.chat(
+        hf_tokenizer, feats["pixel_values"].to(torch.bfloat16), "What is this?", config,
+        grid_hw=feats["grid_hw"],
+    )  # fmt: skip
+    assert isinstance(answer, str) and answer
+    assert config == {"do_sample": False, "max_new_tokens": 3, "top_p": None}  # not mutated
+
+
 def test_the_checkpoints_generation_config_never_emits_image_tokens(hf_model, export_dir):
     assert hf_model.generation_config.eos_token_id == IM_END_ID
     assert hf_model.generation_config.suppress_tokens == [IMG_CONTEXT_ID]

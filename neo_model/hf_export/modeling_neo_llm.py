@@ -301,7 +301,8 @@ class NEOForCausalLM(NEOPreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> dict[str, Any]:
         """The prompt (embeddings, its indexes) on the first step; then the last token at
-        T = (largest prompt T) + 1 + (tokens generated before it), H = W = 0."""
+        T = (largest prompt T) + 1 + (tokens generated before it), H = W = 0. Without indexes
+        (a text-only prompt of ids), T is the position."""
         past_key_values = kwargs.pop("cache", past_key_values)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         inputs: dict[str, Any] = {
@@ -316,9 +317,11 @@ class NEOForCausalLM(NEOPreTrainedModel, GenerationMixin):
             else:
                 inputs.update(input_ids=input_ids, indexes=indexes)
             return inputs
-        prompt_length = indexes.shape[-1] if indexes is not None else past
-        t_max = indexes[0].max(dim=-1).values if indexes is not None else past - 1
-        t = (t_max + 1 + past - prompt_length).reshape(-1, 1).expand(input_ids.shape[0], 1)
+        if indexes is None:  # text only: T is the position
+            t = torch.full((input_ids.shape[0], 1), past, device=input_ids.device)
+        else:
+            t_next = indexes[0].max(dim=-1).values + 1 + past - indexes.shape[-1]
+            t = t_next.reshape(-1, 1).expand(input_ids.shape[0], 1)
         zeros = torch.zeros_like(t)
         inputs.update(input_ids=input_ids[:, -1:], indexes=torch.stack((t, zeros, zeros)))
         return inputs

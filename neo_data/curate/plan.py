@@ -44,13 +44,16 @@ _SPEED_ONLY = ("processes", "threads")
 def spec_hash(spec: CurateSpec) -> str:
     """sha256 of the ``curate:`` section, without the speed-only settings.
 
-    The download engine enters as each source's effective engine, and only when one is not
+    ``block_private_addresses`` enters only when off (on, the default, hashes as before it
+    existed). The download engine enters as each source's effective engine, and only when one is not
     ``neo``: outputs written before ``engine`` existed keep their hash (a rerun still resumes
     or skips them), and another engine is another curation (reasons and lineage differ)."""
     canon = spec.model_dump(mode="json")
     for download in [canon["download"], *(s["download"] for s in canon["sources"])]:
         for key in (*_SPEED_ONLY, "engine"):
             (download or {}).pop(key, None)
+        if (download or {}).get("block_private_addresses") is True:
+            download.pop("block_private_addresses")  # the default keeps older outputs' hash
     engines = [spec.source_download(s).engine for s in spec.sources]
     if set(engines) != {"neo"}:
         canon["source_engines"] = engines

@@ -38,7 +38,7 @@ def curate_spec_of(manifest: Manifest) -> CurateSpec:
 
 
 # Download settings that change speed, not output: a run may resume with other values.
-_SPEED_ONLY = ("processes", "threads")
+_SPEED_ONLY = ("processes", "threads", "decode_pixels")
 
 
 def spec_hash(spec: CurateSpec) -> str:

@@ -25,6 +25,7 @@ from neo_data.curate.filters import (
     check_caption,
     check_language,
     check_text,
+    decode_budget,
     decode_text,
     inspect_image,
 )
@@ -197,7 +198,7 @@ def _download_image(
         raise Rejected("download", got.reason or "download_failed", which + got.detail)
     res.bytes_downloaded += len(got.data)
     res.images_downloaded += 1
-    info = inspect_image(got.data, ctx.filters)
+    info = inspect_image(got.data, ctx.filters, decode_budget(ctx.download.decode_pixels))
     if isinstance(info, Drop):
         raise Rejected("filter", info.reason, which + info.detail)
     lineage.setdefault("images", []).append(

@@ -121,6 +121,9 @@ class DownloadSpec(Strict):
     engine: DownloadEngine = "neo"
     processes: Annotated[int | None, Field(gt=0)] = None  # tasks at once; default one per CPU
     threads: Annotated[int, Field(gt=0, le=1024)] = 64  # concurrent downloads per task
+    # pixels decoded at once per worker process, across its download threads (~3-4 bytes each:
+    # the default bounds decode memory near 256 MiB; an image above it decodes alone)
+    decode_pixels: Annotated[int, Field(gt=0)] = 64_000_000
     rows_per_task: Annotated[int, Field(gt=0)] = 2_000  # one work unit (and output file)
     timeout_s: Annotated[float, Field(gt=0)] = 10.0  # connect and each socket read
     deadline_s: Annotated[float, Field(gt=0)] = 60.0  # a whole attempt (engine neo only)

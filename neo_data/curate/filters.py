@@ -167,7 +167,9 @@ _WORD = re.compile(f"[{_NO_SPACES}]|[^\\W{_NO_SPACES}]+")
 
 
 def decode_text(value: object) -> str | Drop:
-    """A caption cell as text: bytes must be UTF-8 (CSV cells arrive as bytes)."""
+    """A caption cell as text: bytes must be UTF-8 (CSV cells arrive as bytes), and text must
+    be encodable as UTF-8 (a JSON ``\\ud800`` escape decodes to a lone surrogate, which no
+    Parquet file can hold): the row is rejected, never repaired."""
     if value is None:
         return ""
     if isinstance(value, bytes):
@@ -175,7 +177,17 @@ def decode_text(value: object) -> str | Drop:
             return value.decode("utf-8")
         except UnicodeDecodeError as e:
             return Drop("caption_not_utf8", f"byte {e.start}: {value[e.start : e.start + 4]!r}")
-    return str(value)
+    text = str(value)
+    return unencodable(text) or text
+
+
+def unencodable(text: str) -> Drop | None:
+    """A Drop when ``text`` holds a lone surrogate (not encodable as UTF-8), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return Drop("caption_not_utf8", f"character {e.start}: lone surrogate {text[e.start]!a}")
+    return None
 
 
 def check_caption(text: str, f: FilterSpec) -> Drop | None:

@@ -26,6 +26,8 @@ class Unit:
     start: int  # rows [start, stop) of the file
     stop: int
     first_row: int  # source row of `start`
+    size: int  # the file's bytes and version tag when planned (a rerun checks them)
+    version: str | None
 
 
 def curate_spec_of(manifest: Manifest) -> CurateSpec:
@@ -70,5 +72,6 @@ def plan_units(spec: CurateSpec) -> list[Unit]:
             for ci, start in enumerate(range(0, sf.num_rows, per_task)):
                 stop = min(start + per_task, sf.num_rows)
                 uid = f"{source.name}-{fi:04d}-{ci:05d}"
-                units.append(Unit(uid, si, sf.url, sf.format, start, stop, sf.first_row + start))
+                units.append(Unit(uid, si, sf.url, sf.format, start, stop, sf.first_row + start,
+                                  sf.size, sf.version))  # fmt: skip
     return units

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neo_data.format.storage import list_inputs, url_to_fs
+from neo_data.format.storage import file_identity, list_inputs, url_to_fs
 from neo_data.manifest.curate import FORMAT_BY_SUFFIX, SourceSpec, source_format
 
 ERROR_KEY = "_error"
@@ -39,6 +39,8 @@ class SourceFile:
     format: str
     num_rows: int
     first_row: int  # row of the source where this file starts
+    size: int  # bytes, and the store's version tag: what a resumed run checks is unchanged
+    version: str | None
 
 
 def list_source_files(source: SourceSpec) -> list[str]:
@@ -69,13 +71,14 @@ def plan_source_files(source: SourceSpec) -> list[SourceFile]:
     files, first = [], 0
     for url in list_source_files(source):
         fmt = source_format(source, url)
+        fs, path = url_to_fs(url)
+        identity = file_identity(fs, path)
         if fmt == "parquet":
-            fs, path = url_to_fs(url)
             with fs.open(path, "rb") as f:
                 n = pq.ParquetFile(f).metadata.num_rows
         else:
             n = len(read_rows(url, fmt))
-        files.append(SourceFile(url, fmt, n, first))
+        files.append(SourceFile(url, fmt, n, first, identity["size"], identity["version"]))
         first += n
     return files
 

@@ -157,6 +157,16 @@ def _to(handler, path: str):
     handler.end_headers()
 
 
+def _flaky(handler, path: str):
+    """``/flaky/<k>/<name>``: 503 for the first ``k`` requests of this exact path, then the
+    image (a transient failure that a retry of the unit gets past)."""
+    k, name = path.split("/")[2:4]
+    if handler.server.hits.get(handler.path, 0) <= int(k):
+        return handler._send(503, b"busy", "text/plain")
+    data, ctype = hostile_images()[name]
+    handler._send(200, data, ctype)
+
+
 def _unicode(handler, path: str):
     if path != UNICODE_PATH:
         return handler._send(404, b"not found", "text/plain")
@@ -171,5 +181,6 @@ HOSTILE_ROUTES = {
     "br": _brotli,
     "trickle": _trickle,
     "to": _to,
+    "flaky": _flaky,
     UNICODE_PATH.split("/")[1]: _unicode,
 }

@@ -74,7 +74,7 @@ HOSTILE_CASES: list[Case] = [
     _image_case("one-bit.png", "a black and white fax of a letter"),
     _image_case("bitmap.bmp", "an old windows bitmap of a desktop"),
     _image_case("scan.tif", "a tiff scan of an old family photograph"),
-    _image_case("progressive.jpg", "a progressive jpeg of a city skyline"),
+    _image_case("progressive.jpg", "a progressive photo of the city skyline at night"),
     _image_case("exif8.jpg", "a phone photo turned the other way round"),
     _image_case("huge-1bit.png", GOOD, "decompression_bomb"),
     _image_case("truncated.png", GOOD, "image_decode_error"),

@@ -198,3 +198,27 @@ def test_csv_cells_keep_their_bytes_and_lines_their_numbers(tmp_path):
     assert rows[1]["_error"].endswith("x.csv:5: 3 fields, the header has 2")
     assert rows[2] == {"a": b"x", "b": b""}
     assert read_rows(str(path), "csv", 1, 3)[1] == rows[2]
+
+
+def test_the_hostile_crawl_cases_end_with_their_reasons_in_a_unit(server, tmp_path):
+    """Every hostile server and image of the crawl server through curate_unit (download,
+    decode, filters, the candidate and rejected files written)."""
+    from neo_data.synthetic.crawl import TEST_FILTERS
+    from neo_data.synthetic.hostile import HOSTILE_CASES
+
+    rows = [{"url": server.url(c.path), "caption": c.caption} for c in HOSTILE_CASES]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "web.parquet")
+    spec = CurateSpec.model_validate({
+        "output": str(tmp_path / "out"), "download": {**TEST_DOWNLOAD, "rows_per_task": 100},
+        "filters": TEST_FILTERS, "sources": [{"name": "web", "path": str(tmp_path / "web.parquet")}],
+    })  # fmt: skip
+    (unit,) = plan_units(spec)
+    marker = curate_unit(spec.model_dump_json(), unit, spec.output)
+    out = tmp_path / "out"
+    got = {r: "kept" for r in pq.read_table(out / "_work" / "units" / f"{unit.unit_id}.parquet")
+           .column("row").to_pylist()}  # fmt: skip
+    rejected = out / "rejected" / f"{unit.unit_id}.parquet"
+    got |= {r["row"]: r["reason"] for r in pq.read_table(rejected).to_pylist()}
+    assert marker["rows_in"] == len(got) == len(HOSTILE_CASES)
+    wrong = {c.name: (c.expect, got[i]) for i, c in enumerate(HOSTILE_CASES) if got[i] != c.expect}
+    assert not wrong, wrong

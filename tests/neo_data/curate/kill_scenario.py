@@ -100,12 +100,37 @@ def manifest_text(root: Path, output: Path) -> str:
                            "curate": curate})  # fmt: skip
 
 
-def start(manifest: Path) -> subprocess.Popen:
+READY = "Started a local Ray instance"  # what ray.init prints once the local Ray is up
+
+
+def start(manifest: Path, log_file: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "pipelines.curate", "--manifest", str(manifest)]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    with open(log_file, "wb") as err:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+
+
+def wait_ready(proc: subprocess.Popen, log_file: Path, timeout: float) -> float | None:
+    """Seconds until the run's local Ray is up (None if it ended or took over ``timeout``)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout and proc.poll() is None:
+        if READY in log_file.read_text(errors="replace"):
+            return time.perf_counter() - t0
+        time.sleep(0.05)
+    return None
+
+
+def finish(proc: subprocess.Popen, timeout: float | None) -> bool:
+    """Wait for the run; True when it ended by itself, False when killed at ``timeout``."""
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return False
 
 
 def progress(out: Path) -> str:
@@ -145,13 +170,15 @@ def run(work: Path, kills: int, seed: int, log=print) -> dict:
         write_corpus(server, work / "in")
         ref = work / "reference"
         (work / "ref.yaml").write_text(manifest_text(work / "in", ref))
+        err = work / "run.log"
         t0 = time.perf_counter()
-        proc = start(work / "ref.yaml")
-        _, err = proc.communicate(timeout=600)
-        duration = time.perf_counter() - t0
-        if proc.returncode != 0:
-            raise RuntimeError(f"the reference run failed:\n{err.decode()[-3000:]}")
-        log(f"reference run: {duration:.1f} s, {progress(ref)}")
+        proc = start(work / "ref.yaml", err)
+        ready = wait_ready(proc, err, 300)
+        t_ready = time.perf_counter() - t0
+        if not finish(proc, 600) or proc.returncode != 0 or ready is None:
+            raise RuntimeError(f"the reference run failed:\n{err.read_text()[-3000:]}")
+        span = time.perf_counter() - t0 - t_ready  # the curation itself, after Ray is up
+        log(f"reference run: Ray up in {t_ready:.1f} s, curation {span:.1f} s, {progress(ref)}")
         out = work / "killed"
         (work / "killed.yaml").write_text(manifest_text(work / "in", out))
         done, rounds, diffs = 0, 0, []
@@ -159,18 +186,24 @@ def run(work: Path, kills: int, seed: int, log=print) -> dict:
             shutil.rmtree(out, ignore_errors=True)
             rounds += 1
             while True:  # one round: kill until a run ends by itself
-                delay = rng.uniform(0.0, duration) if done < kills else None
-                proc = start(work / "killed.yaml")
-                try:
-                    _, err = proc.communicate(timeout=delay if delay is not None else 600)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                proc = start(work / "killed.yaml", err)
+                if done >= kills:  # the last run of the round: uninterrupted
+                    ended = finish(proc, 600)
+                elif rng.random() < 0.1:  # now and then while Ray starts
+                    delay = rng.uniform(0.0, t_ready)
+                    ended = finish(proc, delay)
+                    when = f"{delay:5.1f} s after start"
+                else:  # mostly during the curation: units, dedup, finalize, report
+                    wait_ready(proc, err, 300)
+                    delay = rng.uniform(0.0, span)
+                    ended = finish(proc, delay)
+                    when = f"{delay:5.1f} s after Ray was up"
+                if not ended:
                     done += 1
-                    log(f"kill {done:>3} (round {rounds}) at {delay:5.1f} s: {progress(out)}")
+                    log(f"kill {done:>3} (round {rounds}) {when}: {progress(out)}")
                     continue
                 if proc.returncode != 0:
-                    raise RuntimeError(f"a rerun failed:\n{err.decode()[-3000:]}")
+                    raise RuntimeError(f"a rerun failed:\n{err.read_text()[-3000:]}")
                 break
             found = differences(ref, out)
             log(f"round {rounds}: the run ended by itself; "

@@ -60,7 +60,9 @@ class ImageInfo:
 # ---------------------------------------------------------------------------------------------
 
 
-def inspect_image(data: bytes, f: FilterSpec, budget: DecodeBudget | None = None) -> ImageInfo | Drop:
+def inspect_image(
+    data: bytes, f: FilterSpec, budget: DecodeBudget | None = None
+) -> ImageInfo | Drop:
     """Decode ``data`` fully (a truncated file fails here, not in training), check its size,
     and compute its perceptual hash on the upright image.
 

@@ -22,6 +22,7 @@ the whole attempt.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import http.client
 import ipaddress
@@ -245,10 +246,9 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 
 
 def _shutdown(sock: socket.socket) -> None:
-    try:  # the base method: on a TLS socket too, without touching its TLS state
+    with contextlib.suppress(OSError):  # closed already
+        # the base method: on a TLS socket too, without touching its TLS state
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass  # closed already
 
 
 class _Watchdog:

@@ -208,8 +208,7 @@ def recount(fs, root: str, units: list[Unit], paths_of: Callable) -> dict[str, d
         stray = sorted(names - mine[folder])
         if stray:
             raise RuntimeError(
-                f"{folder} holds files of no unit of this run: {stray[:5]}"
-                f"{_more(stray)}"
+                f"{folder} holds files of no unit of this run: {stray[:5]}{_more(stray)}"
             )
     return counted
 

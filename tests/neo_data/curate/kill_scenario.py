@@ -61,10 +61,14 @@ def write_corpus(server: CrawlServer, root: Path) -> None:
         {"url": server.url("/to/file"), "caption": good.format("file redirect")},
     ]
     pq.write_table(pa.Table.from_pylist(rows), root / "web.parquet", row_group_size=7)
-    csv = [b"url,caption"] + [
-        f"{server.url(f'/k/{i}.png')},a csv photo {i} of a garden path".encode()
-        for i in (20, 21, 22)
-    ] + [b"too,many,fields", f"{server.url('/k/3.png')},a copy of the street photo".encode()]
+    csv = (
+        [b"url,caption"]
+        + [
+            f"{server.url(f'/k/{i}.png')},a csv photo {i} of a garden path".encode()
+            for i in (20, 21, 22)
+        ]
+        + [b"too,many,fields", f"{server.url('/k/3.png')},a copy of the street photo".encode()]
+    )
     (root / "extra.csv").write_bytes(b"\n".join(csv) + b"\n")
     chat = [
         {"images": [server.url("/k/23.png")], "conversation": [

@@ -73,8 +73,12 @@ def write_sources(server: CrawlServer, root: Path) -> tuple[list[dict], dict[str
         b"[" * 100_000,  # deeper than the JSON parser recurses
         b'{"url": "x", "caption": "\xff\xfe not utf-8"}',
         b'["a", "list"]',
-        json.dumps({"url": server.url(UNICODE_PATH), "caption": "\u202eright to left override"
-                    " in a caption"}).encode(),  # fmt: skip
+        json.dumps(
+            {
+                "url": server.url(UNICODE_PATH),
+                "caption": "\u202eright to left override in a caption",
+            }
+        ).encode(),  # fmt: skip
     ]
     (root / "cap.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(jl) + b"\r\n")
     expect["cap_jsonl"] = {1: "caption_not_utf8", 2: "bad_url", 3: "bad_row", 4: "bad_row",
@@ -181,7 +185,9 @@ def test_every_row_of_every_kind_and_format_ends_counted(server, tmp_path):
     assert rows_in["cap_csv"] == 10 and rows_in["cap_jsonl"] == 7 and rows_in["text_csv"] == 4
     bad = rejected["cap_csv-000000001"]
     assert bad["detail"].endswith("cap.csv:3: 5 fields, the header has 3")  # BOM'd header: line 1
-    assert rejected["conv_csv-000000002"]["detail"].endswith("conv.csv:4: 3 fields, the header has 2")
+    assert rejected["conv_csv-000000002"]["detail"].endswith(
+        "conv.csv:4: 3 fields, the header has 2"
+    )
     assert "\\udc80" in rejected["cap_jsonl-000000002"]["url"]  # stored, escaped
     kept = {k for k, v in ends.items() if v == "kept"}
     assert {"cap_csv-000000000", "cap_csv-000000003", "cap_csv-000000004", "cap_csv-000000005",

@@ -56,7 +56,9 @@ def fresh(first):
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_an_input_sorted_before_the_others_is_refused_not_dropped(fresh):
@@ -134,5 +136,7 @@ def test_a_retry_that_rejects_nothing_leaves_no_rejected_part(tmp_path):
         second = curate_unit(spec.model_dump_json(), unit, spec.output)
         assert (second["candidates"], second["rejected"]) == (1, {})
         assert not rejected.exists()
-        marker = json.loads((tmp_path / "out" / "_work" / "units" / f"{unit.unit_id}.json").read_text())
+        marker = json.loads(
+            (tmp_path / "out" / "_work" / "units" / f"{unit.unit_id}.json").read_text()
+        )
         assert marker["unit"]["size"] == (tmp_path / "web.parquet").stat().st_size

@@ -135,17 +135,7 @@ def _more(items: list, shown: int = 5) -> str:
 
 def done_units(fs, root: str, stage: str) -> set[str]:
     """Ids of the units whose ``stage`` is done (one listing, not one request per unit)."""
-    base = join(root, WORK_DIR, stage)
-    fs.invalidate_cache(base)
-    try:
-        listing = fs.ls(base, detail=False)
-    except FileNotFoundError:
-        return set()
-    finally:
-        # object-store listings are cached: a stale one would hide markers the tasks write next
-        fs.invalidate_cache(base)
-    names = (p.rsplit("/", 1)[-1] for p in listing)
-    return {n.removesuffix(".json") for n in names if n.endswith(".json")}
+    return {n.removesuffix(".json") for n in _names(fs, join(root, WORK_DIR, stage), ".json")}
 
 
 def read_markers(fs, root: str, units: list[Unit], paths_of: Callable) -> list[tuple[dict, dict]]:
@@ -213,16 +203,18 @@ def recount(fs, root: str, units: list[Unit], paths_of: Callable) -> dict[str, d
     return counted
 
 
-def _names(fs, base: str) -> set[str]:
+def _names(fs, base: str, suffix: str = ".parquet") -> set[str]:
+    """Names of the files ending in ``suffix`` in the folder ``base`` (none if it is absent)."""
     fs.invalidate_cache(base)
     try:
         listing = fs.ls(base, detail=False)
     except FileNotFoundError:
         return set()
     finally:
+        # object-store listings are cached: a stale one would hide files the tasks write next
         fs.invalidate_cache(base)
     names = {p.rsplit("/", 1)[-1] for p in listing}
-    return {n for n in names if n.endswith(".parquet")}
+    return {n for n in names if n.endswith(suffix)}
 
 
 def verify_against_outputs(

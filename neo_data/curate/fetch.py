@@ -40,7 +40,9 @@ failures are mapped from the message (:func:`img2dataset_reason`):
 
 What cannot be distinguished with it: ``not_an_image`` (no Content-Type is returned: a text or
 HTML page is downloaded and fails later as the filter's ``image_decode_error``); a slow body
-(no deadline: a drip-fed body is read until the server stops); ``too_large`` is decided after
+(no deadline: a drip-fed body, or headers trickled a byte at a time, are read until the server
+stops); a gzip body is not decoded (``image_decode_error``); redirects to private addresses are
+not seen (``block_private_addresses`` checks the first hop only); ``too_large`` is decided after
 the whole body is in memory; ``http_status``, ``content_type`` and ``final_url`` of successful
 downloads are not recorded (``None`` in the lineage).
 """

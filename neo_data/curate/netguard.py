@@ -17,7 +17,8 @@ the whole attempt.
 * The deadline: a watchdog thread (one per process) shuts down the attempt's sockets when
   ``deadline_s`` has passed, so a server trickling its status line or headers a byte at a time
   is cut at the deadline too, not only a slow body (each socket read is bounded by
-  ``timeout_s`` on its own).
+  ``timeout_s`` on its own). Name resolution is the one step it cannot cut: that is bounded by
+  the system resolver's own timeout.
 """
 
 from __future__ import annotations

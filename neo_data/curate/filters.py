@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import struct
 import threading
 import warnings
 from dataclasses import dataclass
@@ -73,8 +74,9 @@ def inspect_image(
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb guard is replaced by ``max_decode_pixels`` (checked below,
-            # before any pixel is decoded); its warning must not leak into logs per image.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # before any pixel is decoded); its warnings (that one, corrupt EXIF, ...) must not
+            # leak into logs per image.
+            warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > f.max_decode_pixels:
@@ -90,9 +92,16 @@ def inspect_image(
                 digest = imagehash.phash(to_rgb(upright), hash_size=PHASH_SIZE)
     except Image.DecompressionBombError as e:
         return Drop("decompression_bomb", str(e))
-    except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as e:
+    except _DECODE_ERRORS as e:
         return Drop("image_decode_error", f"{type(e).__name__}: {e}"[:300])
     return ImageInfo(w, h, img.format or "unknown", img.mode, phash_to_int(digest))
+
+
+# What Pillow's decoders raise on bad bytes: OSError (truncated, broken data stream; also
+# UnidentifiedImageError), SyntaxError and ValueError (bad headers), EOFError, struct.error and
+# IndexError (short tables), ZeroDivisionError (zero sizes), RuntimeError (the AVIF decoder).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
+                  ZeroDivisionError, RuntimeError)  # fmt: skip
 
 
 class DecodeBudget:

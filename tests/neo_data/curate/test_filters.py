@@ -238,3 +238,28 @@ def test_captions_without_spaces_count_their_characters_as_words(caption, lang):
     assert check_caption("猫", FilterSpec(caption_min_chars=1)).reason == "caption_too_few_words"
     two = check_caption("東京 tower", FilterSpec(caption_max_words=2))
     assert two.reason == "caption_too_many_words" and "3 words" in two.detail  # 東, 京, tower
+
+
+def test_damaged_images_of_every_format_are_rejected_not_raised():
+    """Random bytes flipped and cuts in each image the crawl server serves (AVIF's decoder
+    raises RuntimeError, TIFF's struct.error, ...): every result is an ImageInfo or a Drop."""
+    import random
+
+    from neo_data.synthetic.hostile import hostile_images
+
+    rng = random.Random(0)
+    pool = [v for k, v in images().items() if k not in ("bomb", "large")]
+    pool += [v for k, (v, _) in hostile_images().items() if k != "huge-1bit.png"]
+    spec = FilterSpec(min_side=8, min_pixels=64, max_decode_pixels=4_000_000)
+    reasons = set()
+    for data in pool:
+        for _ in range(25):
+            b = bytearray(data)
+            for _ in range(rng.randint(1, 8)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            got = inspect_image(
+                bytes(b[: rng.randrange(len(b))] if rng.random() < 0.3 else b), spec
+            )
+            assert isinstance(got, ImageInfo | Drop)
+            reasons.add(got.reason if isinstance(got, Drop) else "kept")
+    assert {"kept", "image_decode_error"} <= reasons

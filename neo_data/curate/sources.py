@@ -76,6 +76,9 @@ def plan_source_files(source: SourceSpec) -> list[SourceFile]:
         if fmt == "parquet":
             with fs.open(path, "rb") as f:
                 n = pq.ParquetFile(f).metadata.num_rows
+        elif fmt == "csv":
+            with fs.open(path, "rb") as f:
+                n = count_csv_rows(f.read(), url)
         else:
             n = len(read_rows(url, fmt))
         files.append(SourceFile(url, fmt, n, first, identity["size"], identity["version"]))
@@ -90,7 +93,7 @@ def read_rows(url: str, fmt: str, start: int = 0, stop: int | None = None) -> li
         if fmt == "jsonl":
             return _jsonl_rows(f.read(), url)[start:stop]
         if fmt == "csv":
-            return _csv_rows(f.read(), url)[start:stop]
+            return _csv_rows(f.read(), url, start, stop)
         else:
             table, start, stop = _parquet_rows(pq.ParquetFile(f), start, stop)
     stop = table.num_rows if stop is None else min(stop, table.num_rows)
@@ -114,36 +117,61 @@ def _parquet_rows(pf: pq.ParquetFile, start: int, stop: int | None) -> tuple[pa.
     return pf.read_row_groups(groups), start - first, stop - first
 
 
-def _csv_rows(data: bytes, url: str) -> list[dict[str, Any]]:
-    """Every record of a CSV file as a dict of bytes cells, a bad record as an error row."""
+def _csv_rows(data: bytes, url: str, start: int = 0, stop: int | None = None) -> list[dict]:
+    """Records ``[start, stop)`` of a CSV file as dicts of bytes cells, a bad record as an error
+    row; the parse stops at ``stop`` and builds no dict before ``start`` (a unit of a big file
+    pays for the rows up to its own, not for every row)."""
+    rows: list[dict[str, Any]] = []
+    records = _csv_records(data, url)
+    names = next(records)
+    for i, record in enumerate(records):
+        if stop is not None and i >= stop:
+            break
+        if i < start:
+            continue
+        if isinstance(record, str):
+            rows.append({ERROR_KEY: record})
+        else:
+            rows.append({n: cell.encode("latin-1") for n, cell in zip(names, record, strict=True)})
+    return rows
+
+
+def _csv_records(data: bytes, url: str):
+    """The header's names first, then each row: its cells (Latin-1 text of the input bytes) or
+    the error message of a record no row can be made of."""
     text = data.removeprefix(_BOM).decode("latin-1")
     reader = csv.reader(io.StringIO(text, newline=""), strict=False)
     try:
         header = next(reader, [])
     except csv.Error as e:
-        return [{ERROR_KEY: f"{url}:1: the header is not CSV ({e})"[:300]}]
+        yield []
+        yield f"{url}:1: the header is not CSV ({e})"[:300]
+        return
     names = [h.encode("latin-1").decode("utf-8", errors="replace").strip() for h in header]
-    rows: list[dict[str, Any]] = []
+    yield names
     line = reader.line_num
     while True:
         first = line + 1
         try:
             record = next(reader)
         except StopIteration:
-            break
+            return
         except csv.Error as e:
-            rows.append({ERROR_KEY: f"{url}:{first}: not CSV ({e})"[:300]})
             line = reader.line_num
+            yield f"{url}:{first}: not CSV ({e})"[:300]
             continue
         line = reader.line_num
         if not record:  # a blank line
             continue
         if len(record) != len(names):
-            rows.append({ERROR_KEY: f"{url}:{first}: {len(record)} fields, the header has "
-                                    f"{len(names)}"})  # fmt: skip
+            yield f"{url}:{first}: {len(record)} fields, the header has {len(names)}"
             continue
-        rows.append({n: cell.encode("latin-1") for n, cell in zip(names, record, strict=True)})
-    return rows
+        yield record
+
+
+def count_csv_rows(data: bytes, url: str) -> int:
+    """Rows of a CSV file (records and bad records), without building them."""
+    return sum(1 for _ in _csv_records(data, url)) - 1
 
 
 _BOM = b"\xef\xbb\xbf"

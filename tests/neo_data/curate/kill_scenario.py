@@ -165,8 +165,10 @@ def differences(a: Path, b: Path) -> list[str]:
     return diff
 
 
-def run(work: Path, kills: int, seed: int, log=print) -> dict:
-    """The scenario; returns ``{"kills", "rounds", "differences"}``."""
+def run(work: Path, kills: int, seed: int, log=print, in_process: bool = False) -> dict:
+    """The scenario; returns ``{"kills", "rounds", "differences"}``. ``in_process``: the
+    reference run in this process, on the Ray it is connected to (a test's; one Ray start
+    fewer), its duration standing for the curation's span."""
     rng = random.Random(seed)
     images()
     with CrawlServer(files=corpus_files(), stall_s=1.0) as server:
@@ -176,12 +178,19 @@ def run(work: Path, kills: int, seed: int, log=print) -> dict:
         (work / "ref.yaml").write_text(manifest_text(work / "in", ref))
         err = work / "run.log"
         t0 = time.perf_counter()
-        proc = start(work / "ref.yaml", err)
-        ready = wait_ready(proc, err, 300)
-        t_ready = time.perf_counter() - t0
-        if not finish(proc, 600) or proc.returncode != 0 or ready is None:
-            raise RuntimeError(f"the reference run failed:\n{err.read_text()[-3000:]}")
-        span = time.perf_counter() - t0 - t_ready  # the curation itself, after Ray is up
+        if in_process:
+            from neo_data.curate.job import run_curate
+            from neo_data.manifest import parse_manifest
+
+            run_curate(parse_manifest((work / "ref.yaml").read_text(), "ref.yaml"))
+            t_ready, span = 5.0, time.perf_counter() - t0
+        else:
+            proc = start(work / "ref.yaml", err)
+            ready = wait_ready(proc, err, 300)
+            t_ready = time.perf_counter() - t0
+            if not finish(proc, 600) or proc.returncode != 0 or ready is None:
+                raise RuntimeError(f"the reference run failed:\n{err.read_text()[-3000:]}")
+            span = time.perf_counter() - t0 - t_ready  # the curation itself, after Ray is up
         log(f"reference run: Ray up in {t_ready:.1f} s, curation {span:.1f} s, {progress(ref)}")
         out = work / "killed"
         (work / "killed.yaml").write_text(manifest_text(work / "in", out))

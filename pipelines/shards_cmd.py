@@ -191,9 +191,9 @@ def resolve_pack(ds: PackedDataset, shard: int, pack: str) -> tuple[int, int]:
             raise IndexError(f"{ds.url}: no shard {shard} (it has {len(ds.shards)})")
         return shard, int(pack)
     bucket, window, in_window, number = (pack.rsplit("-", 3) + ["", "", ""])[:4]
-    want = f"shards/{bucket}/shard-{window}-{in_window}.parquet"
+    want = f"shards/{bucket}/shard-{window}-{in_window}"  # .parquet or .arrow
     for i, s in enumerate(ds.shards):
-        if s["path"] == want and number.isdigit():
+        if s["path"].rsplit(".", 1)[0] == want and number.isdigit():
             return i, int(number)
     raise ValueError(f"{ds.url}: no pack id {pack!r} (expected <bucket>-<window>-<shard>-<pack>)")
 

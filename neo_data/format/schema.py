@@ -124,6 +124,11 @@ class SchemaMismatch(ValueError):
     """A file's schema is not the one this version of neo reads."""
 
 
+class ShardCorrupt(ValueError):
+    """A shard's bytes fail their checksum (Parquet page CRC, IPC pack CRC) or do not parse:
+    the file was damaged after it was written."""
+
+
 def check_schema(schema: pa.Schema, expected: pa.Schema, where: str) -> None:
     """Raise :class:`SchemaMismatch` naming the file and the first field that differs."""
     meta = schema.metadata or {}
@@ -189,10 +194,15 @@ INDEX_NAME = "index.json"
 REJECTED_DIR = "rejected"
 WORK_DIR = "_work"
 
+# A shard is Parquet (the default; object stores) or Arrow IPC (local disks; ``FORMAT.md``).
+SHARD_FORMATS = ("parquet", "arrow")
+SHARD_SUFFIXES = {"parquet": ".parquet", "arrow": ".arrow"}
 
-def shard_name(bucket: str, window: int, shard: int) -> str:
-    """Relative path of a shard: ``shards/<bucket>/shard-<window>-<shard in window>.parquet``."""
-    return f"shards/{bucket}/shard-{window:05d}-{shard:04d}.parquet"
+
+def shard_name(bucket: str, window: int, shard: int, fmt: str = "parquet") -> str:
+    """Relative path of a shard: ``shards/<bucket>/shard-<window>-<shard in window>.<ext>``
+    (``.parquet`` or ``.arrow``, from ``fmt``)."""
+    return f"shards/{bucket}/shard-{window:05d}-{shard:04d}{SHARD_SUFFIXES[fmt]}"
 
 
 def rejected_name(unit_id: str) -> str:

@@ -138,12 +138,12 @@ def check_schema(schema: pa.Schema, expected: pa.Schema, where: str) -> None:
     got_version = meta.get(b"neo.schema_version")
     if got_name is not None and got_name != want_name:
         raise SchemaMismatch(
-            f"{where}: is a {got_name.decode()} file, expected {want_name.decode()}"
+            f"{where}: is a {got_name.decode(errors='replace')} file, expected {want_name.decode()}"
         )
     if got_version is not None and got_version != want_version:
         raise SchemaMismatch(
-            f"{where}: schema version {got_version.decode()}, this neo reads version "
-            f"{want_version.decode()}"
+            f"{where}: schema version {got_version.decode(errors='replace')}, this neo reads "
+            f"version {want_version.decode()}"
         )
     for field in expected:
         idx = schema.get_field_index(field.name)

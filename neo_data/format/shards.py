@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -148,7 +149,7 @@ class ParquetShard:
         with fs.open(path, "rb") as f:
             try:
                 self.metadata = pq.read_metadata(f)
-            except (OSError, pa.ArrowInvalid) as e:
+            except (OSError, pa.ArrowException) as e:
                 if not _is_damage(e):
                     raise
                 raise ShardCorrupt(f"{path}: unreadable Parquet footer: {e}") from e
@@ -176,7 +177,7 @@ class ParquetShard:
         """pyarrow's errors for a damaged file as :class:`ShardCorrupt`, naming the file."""
         try:
             yield
-        except (OSError, pa.ArrowInvalid) as e:
+        except (OSError, pa.ArrowException) as e:
             if not _is_damage(e):
                 raise
             raise ShardCorrupt(
@@ -185,15 +186,61 @@ class ParquetShard:
             ) from e
 
 
+# Per-token columns (length num_tokens) and per-image columns (length len(images)) of a pack.
+TOKEN_LISTS = ("input_ids", "labels", "t_index", "h_index", "w_index", "image_ordinal")
+IMAGE_LISTS = ("images", "image_heights", "image_widths")
+
+
+def check_lengths(table: pa.Table, where: str) -> None:
+    """Every per-token list of a row has ``num_tokens`` values, ``cu_seqlens`` ends there, and
+    the per-image lists agree (among the columns ``table`` has). Parquet's page CRC does not
+    cover page headers: a flipped ``num_values`` there drops values without an error, and this
+    is what notices. Raises :class:`ShardCorrupt` naming ``where`` and the row."""
+    names = set(table.column_names)
+
+    def lengths(c: str) -> np.ndarray:
+        return np.asarray(pc.list_value_length(table[c]))
+
+    for group, ref in ((TOKEN_LISTS, "num_tokens"), (IMAGE_LISTS, "")):
+        present = [c for c in group if c in names]
+        if ref in names:
+            want, ref_name = np.asarray(table[ref]), ref
+        elif present:
+            want, ref_name = lengths(present[0]), f"{present[0]} has"
+        else:
+            continue
+        for c in present:
+            _same(lengths(c), want, where, f"{c} has {{}} values, {ref_name} {{}}")
+    if "cu_seqlens" in names and "num_tokens" in names:
+        n = lengths("cu_seqlens")
+        flat = np.asarray(pc.list_flatten(table["cu_seqlens"]))
+        last = np.full(len(n), -1)
+        last[n > 0] = flat[np.cumsum(n)[n > 0] - 1]
+        _same(last, np.asarray(table["num_tokens"]), where, "cu_seqlens ends at {}, num_tokens {}")
+
+
+def _same(got: np.ndarray, want: np.ndarray, where: str, what: str) -> None:
+    bad = np.flatnonzero(got != want)
+    if bad.size:
+        i = int(bad[0])
+        raise ShardCorrupt(
+            f"{where}: row {i}: {what.format(got[i], want[i])} (the file is damaged; "
+            "`neo shards verify` checks every shard against the index)"
+        )
+
+
 def _is_damage(error: Exception) -> bool:
     """Whether a pyarrow error says the bytes are damaged ("CRC checksum verification failed",
     a page or footer that does not decode) rather than that reading failed (a network fault,
     which stays the ``OSError`` it is)."""
     text = str(error).lower()
-    return isinstance(error, pa.ArrowInvalid) or any(w in text for w in _DAMAGE_WORDS)
+    return isinstance(error, pa.ArrowException) or any(w in text for w in _DAMAGE_WORDS)
 
 
-_DAMAGE_WORDS = ("checksum", "thrift", "magic bytes", "decompress", "corrupt")
+_DAMAGE_WORDS = (
+    "checksum", "thrift", "magic bytes", "decompress", "corrupt", "page", "stream", "encoding",
+    "dictionary", "malformed",
+)  # fmt: skip
 
 
 def open_shard(fs: fsspec.AbstractFileSystem, path: str, fmt: str) -> ParquetShard | IpcShard:
@@ -271,11 +318,17 @@ class PackedDataset:
 
     def read_shard(self, i: int, columns: list[str] | None = None) -> pa.Table:
         """Shard ``i`` (or some of its columns) as one table, every page or pack checked."""
-        return self.shard(i).read_all(columns)
+        reader = self.shard(i)
+        table = reader.read_all(columns)
+        check_lengths(table, reader.path)
+        return table
 
     def pack_table(self, shard: int, pack: int) -> pa.Table:
         """One pack as a one-row table, reading only that pack (checked)."""
-        return self.shard(shard).read_pack(pack)
+        reader = self.shard(shard)
+        table = reader.read_pack(pack)
+        check_lengths(table, f"{reader.path}: pack {pack}")
+        return table
 
     def read_pack(self, shard: int, pack: int) -> dict:
         """One pack as a dict of Python values, reading only that pack."""

@@ -74,22 +74,24 @@ class IpcShard:
     number, each checked against its CRC-32. Memory-mapped on a local disk (a pack is a slice of
     the map, its uncompressed buffers zero-copy), range reads elsewhere. Thread-safe."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, path: str):
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, size: int | None = None):
+        """``size``: the file's length when known (the index's ``bytes``: no request for it)."""
         self.fs, self.path = fs, path
         self._map: pa.Buffer | None = None
         if is_local(fs):
             with pa.memory_map(path, "r") as f:
                 self._map = f.read_buffer()  # keeps the mapping alive, not the descriptor
-            head = self._map.slice(0, min(_HEAD_GUESS, self._map.size))
+            self.size = self._map.size
         else:
-            head = pa.py_buffer(fs.cat_file(path, 0, _HEAD_GUESS))
+            self.size = fs.size(path) if size is None else size
+        head = self._read(0, min(_HEAD_GUESS, self.size))
         if head.size < 8 or head.to_pybytes()[:4] != _CONTINUATION:
             raise SchemaMismatch(f"{path}: not an Arrow IPC stream (neo writes the stream layout)")
         length = 8 + struct.unpack("<i", head.to_pybytes()[4:8])[0]
-        if length > head.size and (self._map is None or length <= self._map.size):
+        if not 8 < length <= self.size:
+            raise ShardCorrupt(f"{path}: its head claims {length} bytes, the file has {self.size}")
+        if length > head.size:
             head = self._read(0, length)
-        if not 8 < length <= head.size:
-            raise ShardCorrupt(f"{path}: its head claims {length} bytes, the file has fewer")
         try:
             self.schema = ipc.read_schema(head.slice(0, length))
             packs = json.loads((self.schema.metadata or {})[PACKS_KEY])
@@ -105,9 +107,9 @@ class IpcShard:
         self.starts = [length]
         for n in self.sizes:
             self.starts.append(self.starts[-1] + n)
-        if self._map is not None and self._map.size != self.starts[-1] + len(_END_OF_STREAM):
+        if self.size != self.starts[-1] + len(_END_OF_STREAM):
             raise ShardCorrupt(
-                f"{path}: {self._map.size} bytes, its head describes "
+                f"{path}: {self.size} bytes, its head describes "
                 f"{self.starts[-1] + len(_END_OF_STREAM)} (truncated or appended to)"
             )
 
@@ -118,7 +120,8 @@ class IpcShard:
     def _read(self, start: int, length: int) -> pa.Buffer:
         if self._map is not None:
             return self._map.slice(start, length)
-        return pa.py_buffer(self.fs.cat_file(self.path, start, start + length))
+        # keywords: s3fs takes version_id as its second positional argument
+        return pa.py_buffer(self.fs.cat_file(self.path, start=start, end=start + length))
 
     def _batch(self, k: int, raw: pa.Buffer) -> pa.RecordBatch:
         if raw.size != self.sizes[k] or zlib.crc32(raw) != self.crcs[k]:

@@ -243,12 +243,15 @@ _DAMAGE_WORDS = (
 )  # fmt: skip
 
 
-def open_shard(fs: fsspec.AbstractFileSystem, path: str, fmt: str) -> ParquetShard | IpcShard:
-    """A reader of one shard of format ``fmt`` (an index entry's ``format``)."""
+def open_shard(
+    fs: fsspec.AbstractFileSystem, path: str, fmt: str, size: int | None = None
+) -> ParquetShard | IpcShard:
+    """A reader of one shard of format ``fmt`` (an index entry's ``format``; ``size`` its
+    ``bytes``)."""
     if fmt == "parquet":
         return ParquetShard(fs, path)
     if fmt == "arrow":
-        return IpcShard(fs, path)
+        return IpcShard(fs, path, size)
     raise SchemaMismatch(f"{path}: shard format {fmt!r}, this neo reads {SHARD_FORMATS}")
 
 
@@ -309,7 +312,8 @@ class PackedDataset:
                 self._readers.move_to_end(i)
                 return reader
         s = self.shards[i]
-        reader = open_shard(self.fs, join(self.root, s["path"]), s.get("format", "parquet"))
+        path = join(self.root, s["path"])
+        reader = open_shard(self.fs, path, s.get("format", "parquet"), s.get("bytes"))
         with self._lock:
             self._readers[i] = reader
             while len(self._readers) > self.open_shards:

@@ -4,10 +4,10 @@ consumes training NEO-2.2B at the MFU goal, for each shard format on the same pa
     python benchmarks/bench_loader.py [--data runs/demo/packed/pretrain] [--packs 64]
         [--format parquet arrow] [--arrow-compression zstd lz4 none]
 
-Formats: ``--data`` as it is, and a copy of it in each other format
-(``neo_data.format.shards.convert_dataset``: the same packs, in a temporary directory on the
-same disk); per format its bytes on disk and first-pack latency (a new ``PackStream``: index,
-footer or IPC head, one pack read and decoded), then the loader rows, with ``vs <first format>``
+Formats: the packs of ``--data`` rewritten in each format by this neo's writers
+(``neo_data.format.shards.convert_dataset``, into a temporary directory on the same disk); per
+format its bytes on disk and first-pack latency (median of 5 new ``PackStream``: index, footer
+or IPC head, one pack read and decoded; the page cache is warm), then the loader rows, with ``vs <first format>``
 = tokens per CPU-second against the first format's row of the same settings (Parquet unless
 ``--format`` says otherwise).
 
@@ -63,27 +63,27 @@ def run(url: str, packs: int, prefetch: int, tensors: bool) -> tuple[int, int, f
 
 
 def same_packs(url: str, formats: list[str], codecs: list[str], tmp: str) -> list[tuple[str, str]]:
-    """``(name, url)`` of the dataset at ``url`` in each format (arrow once per codec): the
-    dataset itself where it already is in that format, else a converted copy under ``tmp``."""
+    """``(name, url)`` of the packs at ``url`` rewritten in each format (arrow once per codec)
+    under ``tmp`` by this neo's writers, so every row reads the same packs written the same way."""
     src = PackedDataset(url)
-    have = {s.get("format", "parquet") for s in src.shards}
     out = []
     for fmt in formats:
         for codec in codecs if fmt == "arrow" else [None]:
             name = fmt if codec is None else f"{fmt} {codec}"
-            if have == {fmt} and fmt == "parquet":
-                out.append((name, url))
-            else:
-                dst = os.path.join(tmp, name.replace(" ", "-"))
-                convert_dataset(src, dst, fmt, codec)
-                out.append((name, dst))
+            dst = os.path.join(tmp, name.replace(" ", "-"))
+            convert_dataset(src, dst, fmt, codec)
+            out.append((name, dst))
     return out
 
 
-def first_pack_s(url: str) -> float:
-    t0 = time.perf_counter()
-    next(iter(PackStream(url, 0, 1, seed=0, prefetch=1)))
-    return time.perf_counter() - t0
+def first_pack_s(url: str, repeats: int = 5) -> float:
+    """Median seconds from a new ``PackStream`` to its first pack."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        next(iter(PackStream(url, 0, 1, seed=0, prefetch=1)))
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def h100_tokens_per_s(mfu: float = 0.45, seq: int = 16_384) -> float:

@@ -38,11 +38,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from neo_data.format.schema import TOKEN_COLUMNS  # per-token columns, as numpy int32 arrays
 from neo_data.format.shards import PackedDataset
 from neo_data.format.storage import join
-
-# Per-token columns of a packed row, as numpy int32 arrays.
-TOKEN_COLUMNS = ("input_ids", "labels", "t_index", "h_index", "w_index", "image_ordinal")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The file is an Arrow IPC **stream** (``.arrow``): the encapsulated schema message, one record
 batch message per pack, the end-of-stream marker. That is the layout ``datasets`` keeps in its
-cache, so ``datasets.Dataset.from_file`` memory-maps a shard as it is (datasets 5.x opens only
+cache, so ``datasets.Dataset.from_file`` memory-maps a shard as it is (datasets 5.2 opens only
 streams there; the IPC *file* layout, with its footer, fails with "Expected to read ... metadata
 bytes"), ``load_dataset("arrow", data_files=...)`` reads the set, and ``pyarrow.ipc.open_stream``
 or Polars ``read_ipc_stream`` read one file.

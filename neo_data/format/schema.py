@@ -105,6 +105,11 @@ PACKED_SCHEMA = pa.schema(
     metadata={"neo.schema": PACKED_SCHEMA_NAME, "neo.schema_version": str(PACKED_SCHEMA_VERSION)},
 )
 
+# Per-token columns of a packed row (each of length num_tokens), per-image columns (each of
+# length len(images)).
+TOKEN_COLUMNS = ("input_ids", "labels", "t_index", "h_index", "w_index", "image_ordinal")
+IMAGE_COLUMNS = ("images", "image_heights", "image_widths")
+
 # Rows the packer did not pack, with the reason (every input row ends somewhere countable).
 REJECTED_SCHEMA = pa.schema(
     [

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from neo_data.format.ipc import IpcShard, table_to_ipc_bytes
 from neo_data.format.schema import (
+    IMAGE_COLUMNS,
     INDEX_NAME,
     PACKED_SCHEMA,
     PACKED_SCHEMA_NAME,
@@ -43,6 +44,7 @@ from neo_data.format.schema import (
     REJECTED_DIR,
     SHARD_FORMATS,
     SHARD_SUFFIXES,
+    TOKEN_COLUMNS,
     SchemaMismatch,
     ShardCorrupt,
     check_schema,
@@ -186,11 +188,6 @@ class ParquetShard:
             ) from e
 
 
-# Per-token columns (length num_tokens) and per-image columns (length len(images)) of a pack.
-TOKEN_LISTS = ("input_ids", "labels", "t_index", "h_index", "w_index", "image_ordinal")
-IMAGE_LISTS = ("images", "image_heights", "image_widths")
-
-
 def check_lengths(table: pa.Table, where: str) -> None:
     """Every per-token list of a row has ``num_tokens`` values, ``cu_seqlens`` ends there, and
     the per-image lists agree (among the columns ``table`` has). Parquet's page CRC does not
@@ -201,7 +198,7 @@ def check_lengths(table: pa.Table, where: str) -> None:
     def lengths(c: str) -> np.ndarray:
         return np.asarray(pc.list_value_length(table[c]))
 
-    for group, ref in ((TOKEN_LISTS, "num_tokens"), (IMAGE_LISTS, "")):
+    for group, ref in ((TOKEN_COLUMNS, "num_tokens"), (IMAGE_COLUMNS, "")):
         present = [c for c in group if c in names]
         if ref in names:
             want, ref_name = np.asarray(table[ref]), ref

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -93,7 +94,6 @@ def test_a_local_uncompressed_pack_is_a_slice_of_the_memory_map(small_packed):
 
 
 def test_datasets_opens_an_arrow_shard_and_the_whole_set(small_packed, tmp_path):
-    datasets = pytest.importorskip("datasets")
     ds = PackedDataset(small_packed([3, 2], fmt="arrow"))
     files = [str(Path(ds.url) / s["path"]) for s in ds.shards]
     one = datasets.Dataset.from_file(files[0])  # memory-maps the IPC stream

@@ -18,8 +18,11 @@ order holds each dataset within one pack of its share, and a position still name
 (dataset ``d``, its own ``k``-th pack in its own seeded epochs): the cursor stays one integer.
 
 Ray Data cannot resume an iterator part way (see environment facts), so the trainer owns this
-cursor; reading is a few range requests per pack (one Parquet row group each) with a small
-thread pool ahead of the consumer, which keeps object-store latency off the step.
+cursor; reading is a few range requests per pack (one Parquet row group, or one Arrow IPC
+record batch -- a slice of the memory map on a local disk) through
+:meth:`PackedDataset.pack_table`, which checks the pack's CRC-32s (a damaged shard stops the
+run naming the file, not trains on it), with a small thread pool ahead of the consumer, which
+keeps object-store latency off the step.
 """
 
 from __future__ import annotations
@@ -33,14 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
+from neo_data.format.schema import TOKEN_COLUMNS  # per-token columns, as numpy int32 arrays
 from neo_data.format.shards import PackedDataset
 from neo_data.format.storage import join
-
-# Per-token columns of a packed row, as numpy int32 arrays.
-TOKEN_COLUMNS = ("input_ids", "labels", "t_index", "h_index", "w_index", "image_ordinal")
 
 
 @dataclass
@@ -191,7 +191,6 @@ class PackStream:
         self.rank, self.world_size = rank, world_size
         self.start = start
         self.prefetch = max(1, prefetch)
-        self._metadata: dict[tuple[int, int], pq.FileMetaData] = {}
 
     def positions(self, start: int | None = None) -> Iterator[int]:
         p = (self.start if start is None else start) + self.rank
@@ -214,11 +213,7 @@ class PackStream:
         shard, index = self.orders[d].at(k)
         dataset = self.datasets[d]
         path = join(dataset.root, dataset.shards[shard]["path"])
-        with dataset.fs.open(path, "rb") as f:
-            if (d, shard) not in self._metadata:
-                self._metadata[(d, shard)] = pq.read_metadata(f)
-                f.seek(0)
-            row = pq.ParquetFile(f, metadata=self._metadata[(d, shard)]).read_row_group(index)
+        row = dataset.pack_table(shard, index)  # one pack, checked (page or pack CRC-32)
         pack = decode_pack(row.to_pylist()[0], position, shard, index, path)
         pack.dataset = d
         return pack

@@ -11,6 +11,7 @@ neo manifest set FILE KEY=VALUE...  edit in place, comments kept; refuses an inv
 neo manifest diff A B               differences of two resolved manifests (exit 1 if any)
 neo manifest example [NAME]         print a bundled manifest to start from (no NAME: list them)
 neo shards ls|stats|verify|show|serve URL   browse packed datasets (local or s3://), also as a web page
+neo shards convert URL DEST --format F      the same packs as Arrow IPC (arrow) or Parquet shards
 neo chat --checkpoint DIR [Q]       ask a NEO checkpoint, once or in a conversation
 neo serve --checkpoint DIR          an OpenAI-compatible endpoint for a NEO checkpoint
 neo export CHECKPOINT OUT           any checkpoint as a Hugging Face folder (VLMEvalKit, AutoModel)

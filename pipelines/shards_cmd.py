@@ -1,4 +1,5 @@
-"""``neo shards ls|stats|verify|show|serve URL``: look into packed datasets (local or s3://).
+"""``neo shards ls|stats|verify|show|serve|convert URL``: look into packed datasets (local or
+s3://), or copy one into the other shard format.
 
     neo shards ls URL [--json] [--depth N]     datasets at or below URL; a dataset's shards
     neo shards stats URL [--json]              buckets, tokens, fill, text ratio, sources, drops
@@ -7,6 +8,9 @@
                                                one pack: sample text, tokens with T/H/W, images
     neo shards serve URL [--host H] [--port P] [--open]
                                                the same as a local read-only web page
+    neo shards convert URL DEST --format arrow|parquet [--arrow-compression zstd|lz4|none]
+                                               the same packs in the other format (e.g. a
+                                               Parquet set on s3:// as Arrow IPC on local disk)
 
 ``s3://`` URLs use the usual AWS environment and config files (``AWS_ENDPOINT_URL`` for MinIO or
 another S3-compatible store). The logic lives in :mod:`neo_data.browser`.
@@ -33,7 +37,9 @@ from neo_data.browser.views import (
     token_rows,
 )
 from neo_data.encoding.tokens import NeoTokenizer, load_tokenizer
-from neo_data.format.shards import PackedDataset
+from neo_data.format.ipc import ARROW_COMPRESSIONS
+from neo_data.format.schema import SHARD_FORMATS
+from neo_data.format.shards import PackedDataset, convert_dataset
 from neo_data.format.storage import join, url_to_fs
 from neo_data.pack.report import format_report
 
@@ -45,7 +51,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
-    except (FileNotFoundError, IndexError, ValueError) as e:  # bad URL, pack number, schema
+    except (FileNotFoundError, FileExistsError, IndexError, ValueError) as e:  # URL, pack, schema
         print(f"neo shards {args.cmd}: {e}", file=sys.stderr)
         return 2
 
@@ -80,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
     serve.add_argument("--depth", type=int, default=3, help="directories to search below URL")
     serve.add_argument("--open", action="store_true", help="open the page in a web browser")
+    convert = sub.add_parser("convert", help="copy a dataset with its shards in another format")
+    convert.add_argument("url", help="the packed dataset to copy")
+    convert.add_argument("dest", help="where the copy goes (must not hold a dataset yet)")
+    convert.add_argument("--format", required=True, choices=SHARD_FORMATS)
+    convert.add_argument(
+        "--arrow-compression", choices=ARROW_COMPRESSIONS, help="IPC buffers (default zstd)"
+    )
     return ap
 
 
@@ -158,6 +171,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    if args.arrow_compression and args.format != "arrow":
+        raise ValueError("--arrow-compression applies to --format arrow")
+    src = PackedDataset(args.url)
+    index = convert_dataset(src, args.dest, args.format, args.arrow_compression)
+    print(
+        f"{len(index['shards'])} shards written to {args.dest} as {args.format}: "
+        f"{sum(s['bytes'] for s in index['shards']):,} bytes "
+        f"(the source: {sum(s['bytes'] for s in src.shards):,})"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # show
 # ---------------------------------------------------------------------------------------------
@@ -191,9 +217,9 @@ def resolve_pack(ds: PackedDataset, shard: int, pack: str) -> tuple[int, int]:
             raise IndexError(f"{ds.url}: no shard {shard} (it has {len(ds.shards)})")
         return shard, int(pack)
     bucket, window, in_window, number = (pack.rsplit("-", 3) + ["", "", ""])[:4]
-    want = f"shards/{bucket}/shard-{window}-{in_window}.parquet"
+    want = f"shards/{bucket}/shard-{window}-{in_window}"  # .parquet or .arrow
     for i, s in enumerate(ds.shards):
-        if s["path"] == want and number.isdigit():
+        if s["path"].rsplit(".", 1)[0] == want and number.isdigit():
             return i, int(number)
     raise ValueError(f"{ds.url}: no pack id {pack!r} (expected <bucket>-<window>-<shard>-<pack>)")
 
@@ -287,4 +313,5 @@ COMMANDS = {
     "verify": cmd_verify,
     "show": cmd_show,
     "serve": cmd_serve,
+    "convert": cmd_convert,
 }

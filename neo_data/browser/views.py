@@ -128,9 +128,12 @@ def dataset_row(entry: DatasetEntry) -> dict:
 
 def shard_rows(index: dict) -> list[dict]:
     """The shards of a dataset as the index records them (number for ``show --shard``, path,
-    bucket, size, counts)."""
+    bucket, size, counts, format: ``parquet`` or ``arrow``)."""
     keys = ("path", "bucket", "bytes", "packs", "samples", "text_samples", "tokens", "images")
-    return [{"shard": i, **{k: s[k] for k in keys}} for i, s in enumerate(index["shards"])]
+    return [
+        {"shard": i, **{k: s[k] for k in keys}, "format": s.get("format", "parquet")}
+        for i, s in enumerate(index["shards"])
+    ]
 
 
 PACK_COLUMNS = [
@@ -212,7 +215,7 @@ def read_rejected(ds: PackedDataset) -> pa.Table:
     tables = []
     for path in sorted(ds.fs.glob(pattern)):
         with ds.fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+            table = pq.read_table(f, page_checksum_verification=True)
         check_schema(table.schema, _REJECTED_CHECK, path)
         for f in REJECTED_SCHEMA:  # an optional column may be absent: add it as nulls
             if f.name not in table.schema.names:

@@ -41,7 +41,7 @@ from neo_data.browser.views import (
     token_rows,
 )
 from neo_data.encoding.tokens import NeoTokenizer, load_tokenizer
-from neo_data.format.schema import SchemaMismatch
+from neo_data.format.schema import SchemaMismatch, ShardCorrupt
 from neo_data.format.shards import PackedDataset
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ async def guard(request: web.Request, handler: Callable) -> web.StreamResponse:
             raise web.HTTPMisdirectedRequest(text=f"unexpected Host {request.host!r}")
         try:
             response = await handler(request)
-        except (OSError, SchemaMismatch, pa.ArrowException) as e:  # unreadable shard or index
+        except (OSError, SchemaMismatch, ShardCorrupt, pa.ArrowException) as e:  # unreadable data
             log.warning("%s: %s: %s", request.path, type(e).__name__, e)
             raise web.HTTPInternalServerError(
                 text=f"reading the data for {request.path} failed: {type(e).__name__}: {e}\n"

@@ -105,6 +105,11 @@ PACKED_SCHEMA = pa.schema(
     metadata={"neo.schema": PACKED_SCHEMA_NAME, "neo.schema_version": str(PACKED_SCHEMA_VERSION)},
 )
 
+# Per-token columns of a packed row (each of length num_tokens), per-image columns (each of
+# length len(images)).
+TOKEN_COLUMNS = ("input_ids", "labels", "t_index", "h_index", "w_index", "image_ordinal")
+IMAGE_COLUMNS = ("images", "image_heights", "image_widths")
+
 # Rows the packer did not pack, with the reason (every input row ends somewhere countable).
 REJECTED_SCHEMA = pa.schema(
     [
@@ -124,6 +129,11 @@ class SchemaMismatch(ValueError):
     """A file's schema is not the one this version of neo reads."""
 
 
+class ShardCorrupt(ValueError):
+    """A shard's bytes fail their checksum (Parquet page CRC, IPC pack CRC) or do not parse:
+    the file was damaged after it was written."""
+
+
 def check_schema(schema: pa.Schema, expected: pa.Schema, where: str) -> None:
     """Raise :class:`SchemaMismatch` naming the file and the first field that differs."""
     meta = schema.metadata or {}
@@ -133,12 +143,12 @@ def check_schema(schema: pa.Schema, expected: pa.Schema, where: str) -> None:
     got_version = meta.get(b"neo.schema_version")
     if got_name is not None and got_name != want_name:
         raise SchemaMismatch(
-            f"{where}: is a {got_name.decode()} file, expected {want_name.decode()}"
+            f"{where}: is a {got_name.decode(errors='replace')} file, expected {want_name.decode()}"
         )
     if got_version is not None and got_version != want_version:
         raise SchemaMismatch(
-            f"{where}: schema version {got_version.decode()}, this neo reads version "
-            f"{want_version.decode()}"
+            f"{where}: schema version {got_version.decode(errors='replace')}, this neo reads "
+            f"version {want_version.decode()}"
         )
     for field in expected:
         idx = schema.get_field_index(field.name)
@@ -189,10 +199,15 @@ INDEX_NAME = "index.json"
 REJECTED_DIR = "rejected"
 WORK_DIR = "_work"
 
+# A shard is Parquet (the default; object stores) or Arrow IPC (local disks; ``FORMAT.md``).
+SHARD_FORMATS = ("parquet", "arrow")
+SHARD_SUFFIXES = {"parquet": ".parquet", "arrow": ".arrow"}
 
-def shard_name(bucket: str, window: int, shard: int) -> str:
-    """Relative path of a shard: ``shards/<bucket>/shard-<window>-<shard in window>.parquet``."""
-    return f"shards/{bucket}/shard-{window:05d}-{shard:04d}.parquet"
+
+def shard_name(bucket: str, window: int, shard: int, fmt: str = "parquet") -> str:
+    """Relative path of a shard: ``shards/<bucket>/shard-<window>-<shard in window>.<ext>``
+    (``.parquet`` or ``.arrow``, from ``fmt``)."""
+    return f"shards/{bucket}/shard-{window:05d}-{shard:04d}{SHARD_SUFFIXES[fmt]}"
 
 
 def rejected_name(unit_id: str) -> str:

@@ -96,7 +96,9 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     """The Parquet writer of every job: zstd on every column except image bytes (already
-    JPEG/PNG/WebP, kept as they are), dictionary encoding on the low-cardinality strings."""
+    JPEG/PNG/WebP, kept as they are), dictionary encoding on the low-cardinality strings, and a
+    CRC-32 on every page (readers pass ``page_checksum_verification=True``, so a damaged page
+    -- a flipped bit in pixels or tokens -- fails its read instead of training silently)."""
     buf = io.BytesIO()
     compression = {
         path: "none" if field.name == "images" and pa.types.is_binary(leaf) else "zstd"
@@ -109,6 +111,7 @@ def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -
         compression=compression,
         row_group_size=row_group_size,
         use_dictionary=[n for n in _DICTIONARY_COLUMNS if n in table.schema.names],
+        write_page_checksum=True,
     )
     return buf.getvalue()
 

@@ -13,6 +13,11 @@ A few keys are usually enough; every other key has a default, and the manifest's
 
 A pack holds images of one bucket, so small-image packs are not padded for big ones; the last
 bucket must cover ``max_pixels`` (checked by the manifest, which knows the stage's budgets).
+
+Shards are Parquet by default (object stores: one pack per range request); ``format: arrow``
+writes Arrow IPC shards for training from a local disk or shared file system (memory-mapped),
+their buffers compressed with ``arrow_compression`` (``neo_data/format/FORMAT.md`` compares
+the two).
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ class PackSpec(Strict):
     caption_choice: Literal["first", "original", "recaption", "mix"] = "first"
     recaption_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5  # with caption_choice: mix
     image_encoding: ImageEncodingSpec = ImageEncodingSpec()
+    format: Literal["parquet", "arrow"] = "parquet"  # of the shards (FORMAT.md: which when)
+    # IPC buffer codec with format: arrow (unset: zstd; FORMAT.md has the measured trade-off)
+    arrow_compression: Literal["zstd", "lz4", "none"] | None = None
     packs_per_shard: Annotated[int, Field(gt=0)] = 64
     # Samples one worker encodes and packs together (memory: about this many resized images).
     window_samples: Annotated[int, Field(gt=0)] = 8192
@@ -79,4 +87,8 @@ class PackSpec(Strict):
         names = [b.name for b in self.buckets]
         if len(set(names)) != len(names):
             raise ValueError(f"bucket names must be unique, got {names}")
+        if self.arrow_compression is not None and self.format != "arrow":
+            raise ValueError(
+                f"arrow_compression applies to format: arrow (this pack writes {self.format})"
+            )
         return self

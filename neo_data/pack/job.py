@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from neo_data.encoding.encode import EncodeSettings, SampleEncoder, SampleRejected
 from neo_data.encoding.tokens import load_tokenizer
-from neo_data.format.schema import INDEX_NAME, REJECTED_SCHEMA, WORK_DIR, rejected_name
+from neo_data.format.schema import INDEX_NAME, REJECTED_SCHEMA, WORK_DIR, rejected_name, shard_name
 from neo_data.format.shards import write_index, write_shard
 from neo_data.format.storage import (
     atomic_write,
@@ -119,7 +119,9 @@ class PackWindows:
                 )
                 for p, keys in enumerate(shard.packs)
             ]
-            shards.append(asdict(write_shard(self.fs, self.root, shard.path, shard.bucket, packs)))
+            rel = shard_name(shard.bucket, shard.window, shard.index, self.pack.format)
+            fmt = (self.pack.format, self.pack.arrow_compression)
+            shards.append(asdict(write_shard(self.fs, self.root, rel, shard.bucket, packs, *fmt)))
         result = {
             "window": window.window_id,
             "units": unit_stats,

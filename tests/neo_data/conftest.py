@@ -34,10 +34,13 @@ def small_sample(name: str, grid: tuple[int, int] | None, color: tuple[int, int,
     }  # fmt: skip
 
 
-def write_small_packed(url: str, packs_per_shard: list[int], buckets=("low",)) -> str:
+def write_small_packed(
+    url: str, packs_per_shard: list[int], buckets=("low",), fmt="parquet", arrow_compression=None
+) -> str:
     """A packed dataset at ``url``: shard ``k`` (bucket ``buckets[k % len(buckets)]``) holds
     ``packs_per_shard[k]`` packs; pack ``j`` of shard ``k`` is ``<bucket>-k-j``, two samples
-    (one with a 1x2-token image of colour ``(k, j, 7)``, one text-only)."""
+    (one with a 1x2-token image of colour ``(k, j, 7)``, one text-only). Shards in ``fmt``
+    (``parquet`` or ``arrow``, its buffers compressed with ``arrow_compression``)."""
     fs, root = url_to_fs(url)
     infos = []
     for k, n in enumerate(packs_per_shard):
@@ -50,7 +53,8 @@ def write_small_packed(url: str, packs_per_shard: list[int], buckets=("low",)) -
             )
             for j in range(n)
         ]  # fmt: skip
-        infos.append(asdict(write_shard(fs, root, shard_name(bucket, 0, k), bucket, rows)))
+        rel = shard_name(bucket, 0, k, fmt)
+        infos.append(asdict(write_shard(fs, root, rel, bucket, rows, fmt, arrow_compression)))
     index = {
         "format": PACKED_SCHEMA_NAME,
         "schema_version": PACKED_SCHEMA_VERSION,
@@ -63,10 +67,12 @@ def write_small_packed(url: str, packs_per_shard: list[int], buckets=("low",)) -
 
 @pytest.fixture()
 def small_packed(tmp_path: Path):
-    """``make(packs_per_shard, buckets=("low",))`` -> the URL of a new small packed dataset."""
+    """``make(packs_per_shard, buckets=("low",), fmt="parquet", arrow_compression=None)`` -> the
+    URL of a new small packed dataset."""
     made = iter(range(1000))
 
-    def make(packs_per_shard: list[int], buckets=("low",)) -> str:
-        return write_small_packed(str(tmp_path / f"packed-{next(made)}"), packs_per_shard, buckets)
+    def make(packs_per_shard: list[int], buckets=("low",), **fmt) -> str:
+        url = str(tmp_path / f"packed-{next(made)}")
+        return write_small_packed(url, packs_per_shard, buckets, **fmt)
 
     return make

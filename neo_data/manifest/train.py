@@ -23,6 +23,16 @@ STAGE_LR: dict[str, tuple[float, float]] = {
 }
 
 
+# RoPE bases a from-Qwen3 initialisation gets unless train.init sets them: the released training's
+# defaults, VLMTrainKit/neo/train/argument.py (github.com/EvolvingLMMs-Lab/NEO, commit 78faae9),
+# ModelArguments: rope_theta_hw = 10000.0 (the H/W axes of the post-LLM's 3D RoPE) and
+# rope_theta_vision = 1000.0 (the patch embedding's 2D RoPE; the config class's own default,
+# and a random preset's, is 10,000). The T axis keeps the Qwen3 checkpoint's rope_theta.
+QWEN3_INIT_ROPE = {"rope_theta_hw": 10_000.0, "rope_theta_vision": 1_000.0}
+
+PositiveTheta = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class InitSpec(Strict):
     """Where the weights of a stage start.
 
@@ -31,18 +41,42 @@ class InitSpec(Strict):
     * ``neo``: a NEO checkpoint in the released layout (stage 2 from stage 1's export, ...).
     * ``random``: a preset (``debug``, ``neo_2_2b``, ``neo_9b``) with random weights, for tests
       and benchmarks.
+
+    ``rope_theta_vision`` (the patch embedding's 2D RoPE base) and ``rope_theta_hw`` (the H/W
+    axes' base) are part of the model a stage creates: ``qwen3`` defaults to the released
+    training's values (:data:`QWEN3_INIT_ROPE`), ``random`` to the preset's; a ``neo``
+    checkpoint keeps the ones it was trained with (its ``config.json``), so setting them there is
+    refused. The export's ``config.json`` records them.
     """
 
     kind: Literal["qwen3", "neo", "random"]
     path: str | None = None  # local path or s3:// (qwen3, neo)
     pre_buffer_layers: Annotated[int, Field(ge=0)] = 12  # qwen3 only
     preset: Literal["debug", "neo_2_2b", "neo_9b"] = "debug"  # random only
+    rope_theta_vision: PositiveTheta | None = None  # qwen3, random
+    rope_theta_hw: PositiveTheta | None = None  # qwen3, random
 
     @model_validator(mode="after")
     def _path_needed(self) -> InitSpec:
         if self.kind in ("qwen3", "neo") and not self.path:
             raise ValueError(f"init.kind {self.kind!r} needs init.path (a checkpoint directory)")
+        if self.kind == "neo":
+            for name in QWEN3_INIT_ROPE:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"init.{name}: a neo checkpoint keeps the RoPE base it was trained with "
+                        f"(its config.json); remove init.{name}"
+                    )
         return self
+
+    def rope_overrides(self) -> dict[str, float]:
+        """The RoPE bases this init sets on the stage's config (``{}``: the checkpoint's or
+        preset's own)."""
+        if self.kind == "neo":
+            return {}
+        defaults = QWEN3_INIT_ROPE if self.kind == "qwen3" else {}
+        chosen = {k: getattr(self, k) for k in QWEN3_INIT_ROPE if getattr(self, k) is not None}
+        return {**defaults, **chosen}
 
 
 class MixtureEntry(Strict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from neo_data.manifest.base import Strict
 
@@ -86,6 +86,21 @@ class MixtureEntry(Strict):
     weight: Annotated[float, Field(gt=0)]  # relative; normalised over the list
 
 
+class ParallelSpec(Strict):
+    """How the ranks hold the model (FSDP2). Unset: every rank holds a shard of every layer
+    (one flat mesh). Hybrid sharding (HSDP) shards within groups of ``shard_size`` ranks (one
+    node: its fast links carry the all-gathers and reduce-scatters) and replicates across
+    ``replicate`` such groups (only a gradient all-reduce crosses nodes). Give either or both:
+    ``shard_size x replicate`` must equal the run's world size (checked when it starts)."""
+
+    shard_size: Annotated[int | None, Field(gt=0)] = None  # ranks one copy is sharded over
+    replicate: Annotated[int | None, Field(gt=0)] = None  # copies of the sharded model
+
+    @property
+    def hybrid(self) -> bool:
+        return self.shard_size is not None or self.replicate is not None
+
+
 class TrainSpec(Strict):
     init: InitSpec
     # the packed dataset (default: the manifest's data.packed), or a mixture of several:
@@ -108,7 +123,12 @@ class TrainSpec(Strict):
     num_workers: Annotated[int, Field(gt=0)] = 1
     use_gpu: bool = False
     cpus_per_worker: Annotated[float, Field(gt=0)] = 1
-    activation_checkpointing: bool = True
+    # activation checkpointing of the decoder layers (neo_model.train.parallelize):
+    # full: keep each layer's input, recompute the layer in the backward pass (least memory);
+    # selective: keep the outputs of the matmuls and of attention, recompute the rest (norms,
+    # RoPE, SiLU, elementwise: cheap); none. true / false mean full / none.
+    activation_checkpointing: Literal["none", "full", "selective"] = "full"
+    parallel: ParallelSpec = ParallelSpec()
     compile: bool = False  # torch.compile each layer (CUDA)
     pad_to_multiple: Annotated[int, Field(gt=0)] = 128  # on CUDA: fixed shapes for compile
     # checkpoints and metrics
@@ -119,6 +139,13 @@ class TrainSpec(Strict):
     )
     log_every: Annotated[int, Field(gt=0)] = 10
     peak_tflops: Annotated[float, Field(gt=0)] = 989.0  # per device, for MFU (H100 bf16 dense)
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # the older spelling
+            return "full" if value else "none"
+        return value
 
     @model_validator(mode="after")
     def _distinct_mixture(self) -> TrainSpec:

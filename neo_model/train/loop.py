@@ -22,6 +22,11 @@ rank knows the global ``sum w`` before its backward passes (one all-reduce of th
 weights), scales its micro-batch losses by ``world_size / global sum w``, and FSDP's gradient
 reduce-scatter averages over ranks: the gradient is exactly that of the global mean, however the
 supervised tokens are spread over ranks and micro-batches.
+
+Host syncs: a step reads nothing back from the device. Images cross as uint8 (pinned by the
+loader threads on CUDA, copied without blocking, normalised on the device); gradients of all but
+a step's last micro-batch stay local (one reduce-scatter per step); the loss is summed on the
+device and, with the gradient norm, read only at log steps (``metrics.Meter``).
 """
 
 from __future__ import annotations

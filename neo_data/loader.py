@@ -231,7 +231,7 @@ class PackStream:
 
 
 def decode_pack(
-    row: pa.Table | dict,
+    row: pa.Table | pa.RecordBatch | dict,
     position: int,
     shard: int,
     index: int,
@@ -241,14 +241,17 @@ def decode_pack(
 ) -> LoadedPack:
     """A packed row as arrays and decoded images.
 
-    ``row`` is the pack's one-row Arrow table (a row group as read) or the same row as a dict of
-    Python values (``PackedDataset.read_pack``). Token columns come straight from the Arrow list
+    ``row`` is the pack's one-row Arrow table or record batch (a row group as read) or the same
+    row as a dict of Python values (``PackedDataset.read_pack``). Token columns come straight from the Arrow list
     arrays' values (``to_numpy``, no Python list per token: the decoding threads keep the GIL
     free for the training thread); images decode to uint8 RGB ``[H, W, 3]`` arrays, or, with
     ``pin_memory``, to uint8 torch tensors in pinned host memory, made here on the loader thread
     so the trainer can copy them to the GPU without blocking and normalise them there.
     """
-    table = pa.Table.from_pylist([row]) if isinstance(row, dict) else row
+    if isinstance(row, dict):
+        table = pa.Table.from_pylist([row])
+    else:
+        table = pa.Table.from_batches([row]) if isinstance(row, pa.RecordBatch) else row
     if table.num_rows != 1:
         raise ValueError(f"{where}: expected one pack per row group, got {table.num_rows} rows")
     columns = {c: _values(table, c, where).astype(np.int32, copy=False) for c in TOKEN_COLUMNS}
@@ -292,8 +295,12 @@ def _flat(table: pa.Table, name: str, where: str) -> pa.Array:
 
 
 def _values(table: pa.Table, name: str, where: str) -> np.ndarray:
-    """A list column of the one row as a numpy array (zero-copy for int32 without nulls)."""
-    return _flat(table, name, where).to_numpy(zero_copy_only=False)
+    """A list column of the one row as a numpy array (zero-copy for int32); nulls, which the
+    packed schema does not allow, are refused."""
+    values = _flat(table, name, where)
+    if values.null_count:
+        raise ValueError(f"{where}: column {name!r} holds {values.null_count} nulls")
+    return values.to_numpy(zero_copy_only=False)
 
 
 def _pinned(array: np.ndarray):

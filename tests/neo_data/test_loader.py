@@ -168,3 +168,14 @@ def test_a_pinning_stream_gives_pinned_uint8_tensors_of_the_same_pixels(small_pa
     for a, b in zip(plain.images, pinned.images, strict=True):
         assert isinstance(b, torch.Tensor) and b.is_pinned() and b.dtype == torch.uint8
         assert np.array_equal(b.numpy(), a)
+
+
+def test_a_record_batch_decodes_like_its_table_and_nulls_are_refused(small_packed):
+    row = PackedDataset(small_packed([1])).read_pack(0, 0)
+    table = pa.Table.from_pylist([row], schema=PACKED_SCHEMA)
+    a, b = decode_pack(table, 0, 0, 0, "t"), decode_pack(table.to_batches()[0], 0, 0, 0, "t")
+    assert all(np.array_equal(a.columns[c], b.columns[c]) for c in TOKEN_COLUMNS)
+    labels = list(row["labels"])
+    labels[1] = None
+    with pytest.raises(ValueError, match="here: column 'labels' holds 1 nulls"):
+        decode_pack({**row, "labels": labels}, 0, 0, 0, "here")

@@ -12,15 +12,29 @@ or IPC head, one pack read and decoded; the page cache is warm), then the loader
 ``--format`` says otherwise).
 
 The loader is the trainer's: ``neo_data.loader.PackStream`` (seeded order, range reads of one
-row group per pack, images decoded in its thread pool) plus ``neo_model.train.loop.model_inputs``
-(tensors, ImageNet normalisation). Each row runs one loader in this process with ``--prefetch``
-threads; CPU time is the process's user+system time, so tokens per CPU-second is the cost per
-core whatever the thread count.
+row group per pack, the Arrow columns and JPEG images decoded in its thread pool) plus what the
+training thread does with a pack before the forward pass (``neo_model.train.loop.model_inputs``).
+Each row runs one loader in this process with ``prefetch`` threads; CPU time is the process's
+user+system time, so tokens per CPU-second is the cost per core whatever the thread count.
+
+The step columns:
+
+* ``decode only``: the loader threads' work (read, Arrow columns, JPEG -> uint8 RGB).
+* ``+ float32 step``: plus the step's host work of the old path: every image normalised to
+  float32 on the CPU (``normalize_image``) before its copy -- ``model_inputs`` on the CPU.
+* ``+ uint8 step``: plus the step's host work of the trainer now: token tensors and the uint8
+  pixels handed to the device, normalised there. On a CUDA machine that is the real device
+  (pinned, non-blocking copies); without one the tensors go to the ``meta`` device, which
+  keeps the host work (padding, tensor wrapping) and skips the copy a GPU's DMA engine does.
 
 The H100 row: NEO-2.2B tokens/s at 45% MFU of 989 TFLOP/s with the standard FLOP count
 (``neo_model.train.flops``) at a 16,384-token pack of the demo's sample mix -- the rate one GPU's
-loader must sustain. Ratio = loader tokens/s per core / that rate: the fraction of one GPU
-that one core feeds (1.0 = one core per GPU suffices).
+loader must sustain. ``x H100`` = loader tokens per CPU-second / that rate: how many GPUs one
+core feeds (the goal: at least 3). ``x old`` = this row's tokens per CPU-second / the float32
+row's at the same prefetch.
+
+Rows are :class:`Row` entries and columns :data:`COLUMNS` entries: a new loader variant or a
+new column (a shard format, say) is one more entry.
 """
 
 from __future__ import annotations
@@ -30,13 +44,15 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from neo_data.format.ipc import ARROW_COMPRESSIONS
 from neo_data.format.schema import SHARD_FORMATS
 from neo_data.format.shards import PackedDataset, convert_dataset
-from neo_data.loader import PackStream
+from neo_data.loader import LoadedPack, PackStream
 from neo_model.config import neo_2_2b
 from neo_model.model import NeoChatModel
 from neo_model.train.flops import FlopCount
@@ -48,8 +64,33 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(url: str, packs: int, prefetch: int, tensors: bool) -> tuple[int, int, float, float]:
-    stream = iter(PackStream(url, 0, 1, seed=0, prefetch=prefetch))
+@dataclass
+class Row:
+    """One loader configuration: a stream and what the step does with each pack."""
+
+    name: str
+    prefetch: int
+    step: Callable[[LoadedPack], object] | None  # the training thread's host work, or None
+    pin_memory: bool = False
+    result: dict = field(default_factory=dict)
+
+
+def float32_step(pack: LoadedPack) -> object:
+    return model_inputs(pack, torch.device("cpu"), 128)
+
+
+def uint8_step(device: torch.device) -> Callable[[LoadedPack], object]:
+    def step(pack: LoadedPack) -> object:
+        inputs = model_inputs(pack, device, 128)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return inputs
+
+    return step
+
+
+def run(url: str, packs: int, row: Row) -> dict:
+    stream = iter(PackStream(url, 0, 1, seed=0, prefetch=row.prefetch, pin_memory=row.pin_memory))
     next(stream)  # open the dataset and warm the pool
     tokens = images = 0
     c0, t0 = cpu_seconds(), time.perf_counter()
@@ -57,9 +98,11 @@ def run(url: str, packs: int, prefetch: int, tensors: bool) -> tuple[int, int, f
         p = next(stream)
         tokens += p.num_tokens
         images += len(p.images)
-        if tensors:
-            model_inputs(p, torch.device("cpu"), 128)
-    return tokens, images, time.perf_counter() - t0, cpu_seconds() - c0
+        if row.step is not None:
+            row.step(p)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return {"tokens": tokens, "images": images, "wall": wall, "cpu": cpu,
+            "tok_s": tokens / wall, "tok_cpu_s": tokens / max(cpu, 1e-9)}  # fmt: skip
 
 
 def same_packs(url: str, formats: list[str], codecs: list[str], tmp: str) -> list[tuple[str, str]]:
@@ -97,6 +140,32 @@ def h100_tokens_per_s(mfu: float = 0.45, seq: int = 16_384) -> float:
     return mfu * 989e12 / (per_pack / seq)
 
 
+# (header, width, format of the row's value); values come from Row.result
+COLUMNS: list[tuple[str, int, str]] = [
+    ("tokens", 9, ",.0f"),
+    ("images", 8, ".0f"),
+    ("wall s", 8, ".2f"),
+    ("CPU s", 7, ".2f"),
+    ("tok/s", 10, ",.0f"),
+    ("tok/CPU-s", 11, ",.0f"),
+    ("x H100", 8, ".2f"),
+    ("x old", 7, ".2f"),
+]
+
+
+def rows(device: torch.device) -> list[Row]:
+    """Per prefetch: the loader alone, the old float32 step, the uint8 step."""
+    out = []
+    for prefetch in (1, 4):
+        out += [
+            Row(f"prefetch {prefetch}, decode only", prefetch, None),
+            Row(f"prefetch {prefetch}, + float32 step", prefetch, float32_step),
+            Row(f"prefetch {prefetch}, + uint8 step ({device.type})", prefetch,
+                uint8_step(device), pin_memory=device.type == "cuda"),
+        ]  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="runs/demo/packed/pretrain")
@@ -109,6 +178,7 @@ def main() -> None:
         choices=ARROW_COMPRESSIONS,
     )
     args = ap.parse_args()
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("meta")
     need = h100_tokens_per_s()
     print(f"loader on {args.data}, {args.packs} packs per row, {os.cpu_count()} CPUs here")
     print(f"one H100 at 45% MFU on NEO-2.2B (16k packs) consumes {need:,.0f} tokens/s\n")
@@ -119,22 +189,26 @@ def main() -> None:
             size = PackedDataset(url).index["totals"]["bytes"]
             print(f"{name:<14}{size:>15,}{1000 * first_pack_s(url):>15.1f}")
         print()
-        head = f"{'loader':<48}{'tokens':>9}{'images':>8}{'wall s':>8}{'CPU s':>7}"
-        print(head + f"{'tok/s':>10}{'tok/CPU-s':>11}{'x H100':>8}{'vs ' + variants[0][0]:>14}")
-        base: dict[tuple[int, bool], float] = {}  # tokens per CPU-s of the first format
+        first = variants[0][0]
+        columns = COLUMNS + [(f"vs {first}", 12, ".2f")]
+        print(f"{'loader':<52}" + "".join(f"{h:>{w}}" for h, w, _ in columns))
+        base: dict[str, float] = {}  # tokens per CPU-s of the first format, per row
         for fmt, url in variants:
-            for prefetch in (1, 4):
-                for tensors in (False, True):
-                    name = f"{fmt}, prefetch {prefetch}, "
-                    name += "+ tensors" if tensors else "decode only"
-                    tokens, images, wall, cpu = run(url, args.packs, prefetch, tensors)
-                    per_core = tokens / max(cpu, 1e-9)
-                    ref = base.setdefault((prefetch, tensors), per_core)
-                    print(
-                        f"{name:<48}{tokens:>9,}{images:>8}{wall:>8.2f}{cpu:>7.2f}"
-                        f"{tokens / wall:>10,.0f}{per_core:>11,.0f}{per_core / need:>8.2f}"
-                        f"{per_core / ref:>14.2f}"
-                    )
+            old: dict[int, float] = {}
+            for row in rows(device):
+                r = run(url, args.packs, row)
+                if row.step is float32_step:
+                    old[row.prefetch] = r["tok_cpu_s"]
+                r["x H100"] = r["tok_cpu_s"] / need
+                r["x old"] = r["tok_cpu_s"] / old.get(row.prefetch, float("nan"))
+                r["vs"] = r["tok_cpu_s"] / base.setdefault(row.name, r["tok_cpu_s"])
+                keys = ["tokens", "images", "wall", "cpu", "tok_s", "tok_cpu_s", "x H100"]
+                keys += ["x old", "vs"]
+                values = dict(zip([h for h, _, _ in columns], (r[k] for k in keys), strict=True))
+                print(
+                    f"{fmt + ', ' + row.name:<52}"
+                    + "".join(f"{values[h]:>{w}{f}}" for h, w, f in columns)
+                )
 
 
 if __name__ == "__main__":

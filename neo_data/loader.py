@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from neo_data.format.schema import TOKEN_COLUMNS  # per-token columns, as numpy int32 arrays
@@ -46,7 +47,8 @@ from neo_data.format.storage import join
 @dataclass
 class LoadedPack:
     """One pack ready for the model: token columns as int32 arrays, images as uint8 RGB
-    ``[H, W, 3]`` arrays (already at their smart-resize size), plus where it came from."""
+    ``[H, W, 3]`` arrays (already at their smart-resize size; torch uint8 tensors in pinned
+    memory when the stream pins), plus where it came from."""
 
     position: int  # global position in the run's order
     shard: int  # of its dataset (``dataset``: index into the run's blend, 0 without one)
@@ -54,7 +56,7 @@ class LoadedPack:
     pack_id: str
     columns: dict[str, np.ndarray]  # TOKEN_COLUMNS, each [num_tokens]
     cu_seqlens: np.ndarray  # [samples + 1]
-    images: list[np.ndarray]
+    images: list[Any]  # np.ndarray [H, W, 3] uint8, or a pinned torch.Tensor of that shape
     sample_ids: list[str]
     num_supervised: int
     dataset: int = 0
@@ -164,6 +166,8 @@ class PackStream:
         seed: fixes the order; the same seed and dataset give the same packs everywhere.
         start: the first global position of this run (a checkpoint's cursor, 0 for a new run).
         prefetch: packs read and decoded ahead, in a thread pool.
+        pin_memory: images as uint8 torch tensors in pinned memory (a CUDA trainer's choice:
+            the step copies them to the device without blocking; :func:`decode_pack`).
     """
 
     def __init__(
@@ -176,6 +180,7 @@ class PackStream:
         start: int = 0,
         prefetch: int = 4,
         storage_options: dict[str, Any] | None = None,
+        pin_memory: bool = False,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
@@ -191,6 +196,7 @@ class PackStream:
         self.rank, self.world_size = rank, world_size
         self.start = start
         self.prefetch = max(1, prefetch)
+        self.pin_memory = pin_memory
 
     def positions(self, start: int | None = None) -> Iterator[int]:
         p = (self.start if start is None else start) + self.rank
@@ -214,34 +220,88 @@ class PackStream:
         dataset = self.datasets[d]
         path = join(dataset.root, dataset.shards[shard]["path"])
         row = dataset.pack_table(shard, index)  # one pack, checked (page or pack CRC-32)
-        pack = decode_pack(row.to_pylist()[0], position, shard, index, path)
+        pack = decode_pack(row, position, shard, index, path, pin_memory=self.pin_memory)
         pack.dataset = d
         return pack
 
 
-def decode_pack(row: dict, position: int, shard: int, index: int, where: str) -> LoadedPack:
-    """A packed row (as ``PackedDataset.read_pack`` returns it) as arrays and decoded images."""
-    columns = {c: np.asarray(row[c], dtype=np.int32) for c in TOKEN_COLUMNS}
+def decode_pack(
+    row: pa.Table | pa.RecordBatch | dict,
+    position: int,
+    shard: int,
+    index: int,
+    where: str,
+    *,
+    pin_memory: bool = False,
+) -> LoadedPack:
+    """A packed row as arrays and decoded images.
+
+    ``row`` is the pack's one-row Arrow table or record batch (a row group as read) or the same
+    row as a dict of Python values (``PackedDataset.read_pack``). Token columns come straight from the Arrow list
+    arrays' values (``to_numpy``, no Python list per token: the decoding threads keep the GIL
+    free for the training thread); images decode to uint8 RGB ``[H, W, 3]`` arrays, or, with
+    ``pin_memory``, to uint8 torch tensors in pinned host memory, made here on the loader thread
+    so the trainer can copy them to the GPU without blocking and normalise them there.
+    """
+    if isinstance(row, dict):
+        table = pa.Table.from_pylist([row])
+    else:
+        table = pa.Table.from_batches([row]) if isinstance(row, pa.RecordBatch) else row
+    if table.num_rows != 1:
+        raise ValueError(f"{where}: expected one pack per row group, got {table.num_rows} rows")
+    columns = {c: _values(table, c, where).astype(np.int32, copy=False) for c in TOKEN_COLUMNS}
+    pack_id = table.column("pack_id")[0].as_py()
+    data = _flat(table, "images", where)
+    heights = _values(table, "image_heights", where).tolist()
+    widths = _values(table, "image_widths", where).tolist()
+    if not len(data) == len(heights) == len(widths):
+        raise ValueError(
+            f"{where}: pack {pack_id} has {len(data)} images but {len(heights)} heights and "
+            f"{len(widths)} widths"
+        )
     images = []
-    for k, (data, h, w) in enumerate(
-        zip(row["images"], row["image_heights"], row["image_widths"], strict=True)
-    ):
-        with Image.open(io.BytesIO(data)) as im:
-            array = np.asarray(im.convert("RGB"))
+    for k, (h, w) in enumerate(zip(heights, widths, strict=True)):
+        with Image.open(io.BytesIO(data[k].as_py())) as im:
+            array = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
         if array.shape[:2] != (h, w):
             raise ValueError(
-                f"{where}: pack {row['pack_id']} image {k} decodes to {array.shape[1]}x"
+                f"{where}: pack {pack_id} image {k} decodes to {array.shape[1]}x"
                 f"{array.shape[0]}, the row says {w}x{h}"
             )
-        images.append(array)
+        images.append(_pinned(array) if pin_memory else array)
     return LoadedPack(
         position=position,
         shard=shard,
         index=index,
-        pack_id=row["pack_id"],
+        pack_id=pack_id,
         columns=columns,
-        cu_seqlens=np.asarray(row["cu_seqlens"], dtype=np.int32),
+        cu_seqlens=_values(table, "cu_seqlens", where).astype(np.int32, copy=False),
         images=images,
-        sample_ids=list(row["sample_ids"]),
-        num_supervised=int(row["num_supervised"]),
+        sample_ids=_flat(table, "sample_ids", where).to_pylist(),
+        num_supervised=int(table.column("num_supervised")[0].as_py()),
     )
+
+
+def _flat(table: pa.Table, name: str, where: str) -> pa.Array:
+    """The values of the one row's list column ``name`` (offsets applied, no copy)."""
+    if name not in table.column_names:
+        raise ValueError(f"{where}: the packed row has no column {name!r}")
+    return table.column(name).combine_chunks().flatten()
+
+
+def _values(table: pa.Table, name: str, where: str) -> np.ndarray:
+    """A list column of the one row as a numpy array (zero-copy for int32); nulls, which the
+    packed schema does not allow, are refused."""
+    values = _flat(table, name, where)
+    if values.null_count:
+        raise ValueError(f"{where}: column {name!r} holds {values.null_count} nulls")
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _pinned(array: np.ndarray):
+    """A uint8 torch tensor in pinned (page-locked) host memory holding ``array``."""
+    import torch  # the trainer's dependency; only a CUDA run pins
+
+    out = torch.empty(array.shape, dtype=torch.uint8, pin_memory=True)
+    out.numpy()[...] = array
+    return out

@@ -214,14 +214,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def normalize_image(image: Image.Image | np.ndarray) -> torch.Tensor:
-    """An RGB image (already at its smart-resize size) as ``[3, H, W]`` float32, ImageNet-normalised."""
-    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {array.dtype} {array.shape}")
-    pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+def normalize_image(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """An RGB image (already at its smart-resize size) as ``[3, H, W]`` float32, ImageNet-normalised.
+
+    A uint8 torch tensor ``[H, W, 3]`` is normalised on its own device: the trainer copies the
+    loader's uint8 pixels to the GPU (a quarter of float32's bytes) and normalises them there,
+    with the same float32 operations, so the values equal the CPU path's."""
+    if isinstance(image, torch.Tensor):
+        pixels = image
+    else:
+        array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+        if array.dtype != np.uint8:
+            raise ValueError(
+                f"expected an RGB uint8 image [H, W, 3], got {array.dtype} {array.shape}"
+            )
+        pixels = torch.from_numpy(array.copy())
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != torch.uint8:
+        raise ValueError(
+            f"expected an RGB uint8 image [H, W, 3], got {pixels.dtype} {tuple(pixels.shape)}"
+        )
+    pixels = pixels.permute(2, 0, 1).to(torch.float32) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(3, 1, 1)
     return (pixels - mean) / std
 
 

@@ -30,6 +30,8 @@ import logging
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -231,13 +233,19 @@ def restore_train_state(model: NeoChatModel, opt: torch.optim.Optimizer, url: st
 
 
 def export(model: NeoChatModel, config: NeoConfig, url: str, rank: int) -> None:
-    """The trained weights in the released NEO layout at ``url`` (collective; rank 0 writes)."""
+    """The trained weights in the released NEO layout at ``url`` (collective; rank 0 writes).
+
+    Rank 0 gathers the full state dict (on the CPU) and builds the plain model on the meta
+    device with those tensors assigned: no random initialisation of a model the size of the
+    one trained (minutes for NEO-9B), no second copy of its weights."""
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if rank == 0:
-        plain = NeoChatModel(config)
-        plain.load_state_dict({k: v.float() for k, v in full.items()})
+        with torch.device("meta"):  # no throw-away random init: the weights are assigned
+            plain = NeoChatModel(config)
+        plain.load_state_dict({k: v.float() for k, v in full.items()}, assign=True)
+        plain.language_model.tie_weights()
         with tempfile.TemporaryDirectory(prefix="neo-export-") as tmp:
             save_pretrained(plain, tmp)
             write_hf_extras(tmp, config)  # tokenizer, remote code: a complete HF folder
@@ -255,13 +263,16 @@ def put_dir(local: Path, url: str) -> None:
         fs.put_file(str(f), join(root, f.name))
 
 
-def get_dir(url: str) -> Path:
-    """A local directory with the files at ``url`` (the directory itself when it is local)."""
+@contextmanager
+def local_dir(url: str) -> Iterator[Path]:
+    """A local directory with the files at ``url``: the directory itself when it is local, else
+    a temporary copy, removed on exit."""
     fs, root = url_to_fs(url)
     if is_local(fs):
-        return Path(root)
-    local = Path(tempfile.mkdtemp(prefix="neo-weights-"))
+        yield Path(root)
+        return
     if not fs.exists(root):
         raise FileNotFoundError(f"{url}: no such checkpoint directory")
-    fs.get(root.rstrip("/") + "/", str(local) + "/", recursive=True)
-    return local
+    with tempfile.TemporaryDirectory(prefix="neo-weights-") as tmp:
+        fs.get(root.rstrip("/") + "/", tmp + "/", recursive=True)
+        yield Path(tmp)

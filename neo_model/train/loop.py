@@ -22,6 +22,11 @@ rank knows the global ``sum w`` before its backward passes (one all-reduce of th
 weights), scales its micro-batch losses by ``world_size / global sum w``, and FSDP's gradient
 reduce-scatter averages over ranks: the gradient is exactly that of the global mean, however the
 supervised tokens are spread over ranks and micro-batches.
+
+Host syncs: a step reads nothing back from the device. Images cross as uint8 (pinned by the
+loader threads on CUDA, copied without blocking, normalised on the device); gradients of all but
+a step's last micro-batch stay local (one reduce-scatter per step); the loss is summed on the
+device and, with the gradient norm, read only at log steps (``metrics.Meter``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 
 from neo_data.format.storage import join
 from neo_data.loader import LoadedPack, PackStream
@@ -84,8 +90,9 @@ def train_worker(config: dict[str, Any]) -> None:
         )  # fmt: skip
     sources = spec.sources(manifest.data.packed)
     stream_source = PackStream(
-        sources, env.rank, env.world_size, seed=spec.seed, start=cursor, prefetch=4
-    )
+        sources, env.rank, env.world_size, seed=spec.seed, start=cursor, prefetch=4,
+        pin_memory=env.device.type == "cuda",
+    )  # fmt: skip
     pixels = _pixel_budget(stream_source, sources)
     stream = iter(stream_source)
     pad_to = spec.pad_to_multiple if env.device.type == "cuda" else 1
@@ -102,8 +109,13 @@ def train_worker(config: dict[str, Any]) -> None:
         step += 1
         cursor += env.world_size * spec.packs_per_step
         pack_log.write(step, packs)
+        logging_step = step % spec.log_every == 0 or step == spec.steps
+        if logging_step and env.device.type == "cuda":
+            # the host runs ahead of the GPU between log lines; this step's time includes the
+            # queued work, so the interval's sum is its wall time
+            torch.cuda.synchronize(env.device)
         meter.add(packs, flops, loss, time.perf_counter() - t0)
-        if step % spec.log_every == 0 or step == spec.steps:
+        if logging_step:
             metrics = meter.collect(step, sched.get_last_lr()[0], grad_norm, env, spec.peak_tflops)
             metrics_log.write(metrics)
         else:
@@ -131,19 +143,33 @@ def train_step(
     device: torch.device,
     world_size: int,
     pad_to: int,
-) -> tuple[float, float]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward over this rank's micro-batches (one pack each) of a step, each loss
     scaled by ``world_size / global weight total`` (see the module docstring), then gradient
     clipping. Returns this rank's share of the step's global mean loss (the ranks' shares sum
-    to it) and the gradient norm before clipping; the optimizer step is the caller's."""
+    to it; a float64 0-d tensor on ``device``) and the gradient norm before clipping (the tensor
+    ``clip_grad_norm_`` returns); neither is read here, so a step makes no host sync of its own
+    (read them at log steps: ``metrics.read_scalar``). The optimizer step is the caller's.
+
+    Under FSDP2 the gradients of all but the last micro-batch stay local and unsharded (no
+    reduce-scatter, parameters not resharded between micro-batches); the last one's backward
+    reduce-scatters the sum once. Same gradient as a reduce per micro-batch, up to the order
+    of the ranks' float sums; the price is one unsharded fp32 gradient per trained parameter
+    while accumulating (``packs_per_step`` > 1 only)."""
     batches = [model_inputs(p, device, pad_to) for p in packs]
     weights = [loss_weights(b["labels"], b["sample_ids"], spec.loss_weighting) for b in batches]
-    total = torch.tensor([float(sum(w.sum() for w in weights))], dtype=torch.float64)
-    dist.all_reduce(total)  # the step's weight total over every rank and micro-batch
-    total = max(float(total), 1e-6)
-    scale = world_size / total
-    loss_sum = 0.0
-    for b, w in zip(batches, weights, strict=True):
+    # the step's weight total over every rank and micro-batch, on the device (no host read)
+    total = sum(w.sum() for w in weights).to(torch.float64).reshape(1)
+    dist.all_reduce(total)
+    total = total[0].clamp_min(1e-6)
+    scale = (world_size / total).to(torch.float32)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    sharded = isinstance(model, FSDPModule)
+    for k, (b, w) in enumerate(zip(batches, weights, strict=True)):
+        last = k == len(batches) - 1
+        if sharded:
+            model.set_requires_gradient_sync(last)
+            model.set_reshard_after_backward(last)
         with autocast(device):
             out = model(
                 b["input_ids"], b["t_index"], b["h_index"], b["w_index"], b["image_ordinal"],
@@ -152,11 +178,10 @@ def train_step(
             )  # fmt: skip
         part = out.loss
         (part * scale).backward()
-        loss_sum += float(part.detach())
+        loss_sum += part.detach().to(torch.float64)
     grad_norm = torch.nn.utils.clip_grad_norm_(
         [p for p in model.parameters() if p.requires_grad], spec.grad_clip
     )
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     return loss_sum / total, grad_norm
 
 
@@ -184,8 +209,17 @@ def model_inputs(pack: LoadedPack, device: torch.device, pad_to: int) -> dict[st
         fill = -100 if name == "labels" else (-1 if name == "image_ordinal" else 0)
         padded = np.full(length, fill, dtype=np.int64)
         padded[:n] = arr
-        cols[name] = torch.from_numpy(padded)[None].to(device)
+        cols[name] = torch.from_numpy(padded)[None].to(device, non_blocking=True)
     cu_seqlens = torch.as_tensor(np.asarray(pack.cu_seqlens, dtype=np.int64))
     cols["sample_ids"] = sample_ids_from_cu_seqlens(cu_seqlens, length)[None].to(device)
-    cols["pixel_values"] = [normalize_image(img).to(device) for img in pack.images]
+    cols["pixel_values"] = [device_pixels(img, device) for img in pack.images]
     return cols
+
+
+def device_pixels(image: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader image (uint8 ``[H, W, 3]``, numpy or a pinned tensor) as the model's normalised
+    ``[3, H, W]`` float32 on ``device``: the uint8 bytes are copied (without blocking when
+    pinned) and normalised there, off the host."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image if image.flags.writeable else image.copy())
+    return normalize_image(image.to(device, non_blocking=True))

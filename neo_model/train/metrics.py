@@ -33,48 +33,71 @@ PACK_LOG_ENV = "NEO_TRAIN_PACK_LOG"  # a local directory: each rank appends the 
 
 
 class Meter:
-    """Sums over the steps since the last log line, reduced over ranks at ``collect``."""
+    """Sums over the steps since the last log line, reduced over ranks at ``collect``.
+
+    The loss stays a device tensor between log lines (summed there, in float64 like a Python
+    float): reading it, like the gradient norm, is the one host sync of a log step, not of
+    every step or micro-batch."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.tokens = self.supervised = self.steps = 0
-        self.loss = self.seconds = 0.0
+        self.loss: float | torch.Tensor = 0.0
+        self.seconds = 0.0
         self.flops = {"standard": 0, "mask_aware": 0, "frozen_corrected": 0}
 
-    def add(self, packs: list[LoadedPack], flops: FlopCount, loss: float, seconds: float) -> None:
-        """``loss``: this rank's share of the step's global mean (summed over ranks later)."""
+    def add(
+        self,
+        packs: list[LoadedPack],
+        flops: FlopCount,
+        loss: float | torch.Tensor,
+        seconds: float,
+    ) -> None:
+        """``loss``: this rank's share of the step's global mean (summed over ranks later), a
+        float or a 0-d tensor on the training device (not read here)."""
         for p in packs:
             self.tokens += p.num_tokens
             self.supervised += p.num_supervised
             for k, v in flops.step(p.sample_lengths, p.image_sizes).items():
                 self.flops[k] += v
-        self.loss += loss
+        self.loss = self.loss + loss
         self.seconds += seconds
         self.steps += 1
 
     def collect(self, step, lr, grad_norm, env: Env, peak_tflops: float) -> dict[str, float]:
-        local = torch.tensor(
-            [self.tokens, self.supervised, self.loss, *self.flops.values()], dtype=torch.float64
-        )
+        """The logged metrics; ``grad_norm`` a float or the tensor ``clip_grad_norm_``
+        returned (a DTensor under FSDP2), read here. Collective: every rank calls it."""
+        counts = [self.tokens, self.supervised, *self.flops.values()]
+        local = torch.cat([
+            torch.as_tensor(self.loss, dtype=torch.float64, device=env.device).reshape(1),
+            torch.tensor(counts, dtype=torch.float64, device=env.device),
+        ])  # fmt: skip
         dist.all_reduce(local)
-        seconds = torch.tensor([self.seconds], dtype=torch.float64)
+        seconds = torch.tensor([self.seconds], dtype=torch.float64, device=env.device)
         dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-        tokens, supervised, loss, *fl = local.tolist()
+        loss, tokens, supervised, *fl = local.tolist()
         secs = max(float(seconds[0]), 1e-9)
         peak = peak_tflops * 1e12 * env.world_size * secs
         metrics = {
             "step": step,
             "loss": loss / self.steps,  # mean of each step's global weighted mean
             "lr": lr,
-            "grad_norm": grad_norm,
+            "grad_norm": read_scalar(grad_norm),
             "tokens_per_s": tokens / secs,
             "supervised_per_s": supervised / secs,
             **{f"mfu_{k}": v / peak for k, v in zip(self.flops, fl, strict=True)},
         }
         self.reset()
         return metrics
+
+
+def read_scalar(value: float | torch.Tensor) -> float:
+    """A logged number as a float: a (D)Tensor is gathered and read (a host sync)."""
+    if isinstance(value, torch.Tensor):
+        return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+    return float(value)
 
 
 def format_metrics(m: dict[str, float]) -> str:

@@ -1,5 +1,12 @@
 """The optimizer of a training stage: AdamW over the trainable parameters and its learning-rate
-schedule (linear warm-up, then cosine down to a fraction of the peak)."""
+schedule (linear warm-up, then cosine down to a fraction of the peak).
+
+AdamW runs its multi-tensor implementation: ``fused=True`` when the parameters live on a CUDA
+device (one kernel per parameter group), ``foreach=True`` elsewhere (one op over the list per
+step of the update). Both accept FSDP2's DTensor shards and compute the same update as the
+per-tensor loop (``foreach=False``) to float round-off; the per-tensor loop costs about five
+times as much per parameter tensor (``benchmarks/bench_optim.py``).
+"""
 
 from __future__ import annotations
 
@@ -26,14 +33,22 @@ def build_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=peak, betas=tuple(spec.betas), foreach=False
-    )
+        [g for g in groups if g["params"]], lr=peak, betas=tuple(spec.betas),
+        **adamw_implementation(decay + no_decay),
+    )  # fmt: skip
     warmup = max(1, round(spec.warmup * total_steps)) if spec.warmup > 0 else 0
 
     def factor(step: int) -> float:
         return lr_factor(step, warmup, total_steps, min_ratio)
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def adamw_implementation(params: list[torch.Tensor]) -> dict[str, bool]:
+    """``{"fused": True}`` when every parameter is on a CUDA device, else ``{"foreach": True}``."""
+    if params and all(p.device.type == "cuda" for p in params):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:

@@ -20,19 +20,21 @@ builds the model on the meta device, applies the trainable set and the parallel 
 
 from __future__ import annotations
 
+import json
 import re
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+from neo_data.format.storage import join, url_to_fs
 from neo_data.manifest.train import TrainSpec
 from neo_model import config as presets
 from neo_model.config import NeoConfig
 from neo_model.model import NeoChatModel
-from neo_model.train.checkpoint import get_dir
+from neo_model.train.checkpoint import local_dir
 from neo_model.train.parallelize import Env, parallelize
-from neo_model.weights import _read_config, from_pretrained, from_qwen3
+from neo_model.weights import CONFIG_NAME, from_pretrained, from_qwen3
 
 POST_LLM_HW = (
     "self_attn.q_proj_hw.",
@@ -75,29 +77,46 @@ def set_trainable(model: nn.Module, config: NeoConfig, stage: str, trainable: st
 
 
 def stage_config(spec: TrainSpec) -> NeoConfig:
-    """The stage's model config: the ``random`` preset's, or read from ``init.path``."""
+    """The stage's model config: the ``random`` preset's, or built from ``init.path``'s
+    ``config.json`` (read in place, local or ``s3://``: every rank reads it, nothing is copied);
+    with the RoPE bases ``train.init`` sets (``InitSpec.rope_overrides``)."""
     init = spec.init
+    rope = init.rope_overrides()
     if init.kind == "random":
-        return getattr(presets, init.preset)()
-    local = get_dir(init.path)
+        return getattr(presets, init.preset)().replace(**rope)
+    config = read_config_json(init.path)
     if init.kind == "qwen3":
-        return NeoConfig.from_qwen3(_read_config(local), init.pre_buffer_layers)
-    return NeoConfig.from_released(_read_config(local))
+        return NeoConfig.from_qwen3(config, init.pre_buffer_layers, **rope)
+    return NeoConfig.from_released(config)
+
+
+def read_config_json(url: str) -> dict:
+    """``<url>/config.json`` of a checkpoint directory (local path or ``s3://``)."""
+    fs, root = url_to_fs(url)
+    path = join(root, CONFIG_NAME)
+    if not fs.exists(path):
+        raise FileNotFoundError(
+            f"train.init.path {url}: no {CONFIG_NAME} (expected a checkpoint directory)"
+        )
+    return json.loads(fs.cat_file(path))
 
 
 def initial_state(spec: TrainSpec, config: NeoConfig) -> dict[str, torch.Tensor]:
-    """Rank 0's full starting weights (fp32, CPU)."""
+    """Rank 0's full starting weights (fp32, CPU). A checkpoint on object storage is copied
+    once, to a temporary directory removed when its weights are read."""
     init = spec.init
     if init.kind == "random":
         torch.manual_seed(spec.seed)
-        model = NeoChatModel(config)
-    elif init.kind == "qwen3":
-        model = from_qwen3(
-            get_dir(init.path), num_extra_layers=init.pre_buffer_layers, seed=spec.seed
-        )
-    else:
-        model = from_pretrained(get_dir(init.path))
-    return model.state_dict()
+        return NeoChatModel(config).state_dict()
+    with local_dir(init.path) as local:
+        if init.kind == "qwen3":
+            model = from_qwen3(
+                local, num_extra_layers=init.pre_buffer_layers, seed=spec.seed,
+                **init.rope_overrides(),
+            )  # fmt: skip
+        else:
+            model = from_pretrained(local)
+        return model.state_dict()
 
 
 def build_stage_model(

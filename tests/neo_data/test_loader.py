@@ -5,11 +5,16 @@ pixels (a size that disagrees with the row is refused)."""
 
 from __future__ import annotations
 
+import io
 import itertools
 
 import numpy as np
+import pyarrow as pa
 import pytest
+import torch
+from PIL import Image
 
+from neo_data.format.schema import PACKED_SCHEMA
 from neo_data.format.shards import PackedDataset
 from neo_data.loader import TOKEN_COLUMNS, PackOrder, PackStream, decode_pack
 
@@ -105,3 +110,72 @@ def test_bad_ranks_and_positions_are_refused(small_packed):
         PackOrder([1], 0).at(-1)
     with pytest.raises(ValueError, match="no packs"):
         PackOrder([0, 0], 0)
+
+
+def _reference_decode(row: dict) -> tuple[dict, list[np.ndarray]]:
+    """The pre-Arrow decode, written out: Python lists to int32 arrays, PIL to RGB arrays."""
+    columns = {c: np.asarray(row[c], dtype=np.int32) for c in TOKEN_COLUMNS}
+    images = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in row["images"]]
+    return columns, images
+
+
+def _noise_jpeg(rng: np.random.Generator, h: int, w: int, mode: str = "RGB") -> bytes:
+    pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def test_the_arrow_decode_equals_the_python_row_decode(small_packed):
+    """Packs read as Arrow row groups (the stream) and as Python rows decode to the same
+    int32 columns, offsets and pixels as the list-and-PIL decode; JPEG (RGB and greyscale)
+    images too, and a pack without images."""
+    url = small_packed([2, 3])
+    stream, ds = PackStream(url, seed=0), PackedDataset(url)
+    for position in range(5):
+        pack = stream.load(position)
+        row = ds.read_pack(pack.shard, pack.index)
+        columns, images = _reference_decode(row)
+        for c in TOKEN_COLUMNS:
+            assert pack.columns[c].dtype == np.int32 and np.array_equal(pack.columns[c], columns[c])
+        assert np.array_equal(pack.cu_seqlens, np.asarray(row["cu_seqlens"]))
+        assert all(np.array_equal(a, b) for a, b in zip(pack.images, images, strict=True))
+        assert (pack.pack_id, pack.sample_ids) == (row["pack_id"], row["sample_ids"])
+    rng = np.random.default_rng(0)
+    jpegs = [_noise_jpeg(rng, 64, 32), _noise_jpeg(rng, 32, 96, "L")]
+    row = {**ds.read_pack(0, 0), "images": jpegs, "image_heights": [64, 32],
+           "image_widths": [32, 96]}  # fmt: skip
+    table = pa.Table.from_pylist([row], schema=PACKED_SCHEMA)
+    _, images = _reference_decode(row)
+    for source in (table, row):
+        pack = decode_pack(source, 0, 0, 0, "here")
+        assert [a.dtype for a in pack.images] == [np.uint8, np.uint8]
+        assert all(np.array_equal(a, b) for a, b in zip(pack.images, images, strict=True))
+    empty = decode_pack({**row, "images": [], "image_heights": [], "image_widths": []}, 0, 0, 0, "")
+    assert empty.images == [] and empty.num_tokens == len(row["input_ids"])
+
+
+def test_a_row_whose_image_lists_disagree_is_refused(small_packed):
+    row = PackedDataset(small_packed([1])).read_pack(0, 0)
+    with pytest.raises(ValueError, match="here: pack low-0-0 has 1 images but 2 heights"):
+        decode_pack({**row, "image_heights": [32, 32]}, 0, 0, 0, "here")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_a_pinning_stream_gives_pinned_uint8_tensors_of_the_same_pixels(small_packed):
+    url = small_packed([2])
+    plain, pinned = PackStream(url).load(1), PackStream(url, pin_memory=True).load(1)
+    for a, b in zip(plain.images, pinned.images, strict=True):
+        assert isinstance(b, torch.Tensor) and b.is_pinned() and b.dtype == torch.uint8
+        assert np.array_equal(b.numpy(), a)
+
+
+def test_a_record_batch_decodes_like_its_table_and_nulls_are_refused(small_packed):
+    row = PackedDataset(small_packed([1])).read_pack(0, 0)
+    table = pa.Table.from_pylist([row], schema=PACKED_SCHEMA)
+    a, b = decode_pack(table, 0, 0, 0, "t"), decode_pack(table.to_batches()[0], 0, 0, 0, "t")
+    assert all(np.array_equal(a.columns[c], b.columns[c]) for c in TOKEN_COLUMNS)
+    labels = list(row["labels"])
+    labels[1] = None
+    with pytest.raises(ValueError, match="here: column 'labels' holds 1 nulls"):
+        decode_pack({**row, "labels": labels}, 0, 0, 0, "here")

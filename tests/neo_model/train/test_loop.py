@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from neo_data.encoding.tokens import IGNORE_INDEX, IMG_CONTEXT_ID
 from neo_data.loader import BlendOrder, PackOrder, PackStream
 from neo_data.manifest.train import TrainSpec
 from neo_model.attention import PAD_SAMPLE
 from neo_model.config import debug
-from neo_model.model import NeoChatModel
-from neo_model.train.loop import _pixel_budget, model_inputs, train_step
+from neo_model.model import NeoChatModel, normalize_image
+from neo_model.train.loop import _pixel_budget, device_pixels, model_inputs, train_step
 from neo_model.weights import from_pretrained
 from tests.helpers import REPO, UNSHARE, free_port
 
@@ -118,7 +119,7 @@ def test_a_step_on_packs_padded_to_128_equals_the_step_on_unpadded_packs(
     results = []
     for pad_to in (1, 128):
         model.zero_grad(set_to_none=True)
-        loss, grad_norm = train_step(model, packs, spec, torch.device("cpu"), 1, pad_to)
+        loss, grad_norm = map(float, train_step(model, packs, spec, torch.device("cpu"), 1, pad_to))
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((loss, grad_norm, grads))
     (loss, norm, grads), (loss_pad, norm_pad, grads_pad) = results
@@ -143,7 +144,7 @@ def test_a_step_is_the_gradient_of_the_mean_loss_over_all_its_supervised_tokens(
     )
     torch.manual_seed(0)
     model = NeoChatModel(debug())
-    loss, _ = train_step(model, packs, spec, torch.device("cpu"), 1, 1)
+    loss = float(train_step(model, packs, spec, torch.device("cpu"), 1, 1)[0])
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     total = sum(p.num_supervised for p in packs)
@@ -366,3 +367,23 @@ def test_a_mixture_of_datasets_packed_for_different_pixels_is_refused():
         ValueError, match=r"train.data: b/packed was packed with pixels .*max.*8192"
     ):
         _pixel_budget(Stream(), [("a/packed", 1.0), ("b/packed", 1.0)])
+
+
+def test_pixels_travel_as_uint8_and_normalise_to_the_float_values_of_the_cpu_path():
+    """``device_pixels`` (the step's copy of a loader image, normalised where it lands) gives
+    bit for bit what ``normalize_image`` of the decoded image gave on the CPU, from a numpy
+    array (read-only too, as Arrow and PIL hand them out) and from a uint8 tensor."""
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, size=(64, 96, 3), dtype=np.uint8)
+    reference = normalize_image(Image.fromarray(array))
+    frozen = array.copy()
+    frozen.flags.writeable = False
+    for image in (array, frozen, torch.from_numpy(array.copy())):
+        out = device_pixels(image, torch.device("cpu"))
+        assert out.dtype == torch.float32 and out.shape == (3, 64, 96)
+        assert torch.equal(out, reference)
+    if torch.cuda.is_available():  # the trainer's path: a pinned uint8 copy, normalised on GPU
+        pinned = torch.from_numpy(array.copy()).pin_memory()
+        assert torch.equal(device_pixels(pinned, torch.device("cuda")).cpu(), reference)
+    with pytest.raises(ValueError, match=r"expected an RGB uint8 image \[H, W, 3\], got torch"):
+        device_pixels(torch.zeros(4, 4, 3), torch.device("cpu"))

@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
 from neo_data.manifest.train import TrainSpec
 from neo_model.config import debug
 from neo_model.model import NeoChatModel
-from neo_model.train.optim import build_optimizer, lr_factor
+from neo_model.train.optim import adamw_implementation, build_optimizer, lr_factor
 from neo_model.train.stages import set_trainable
 
 
@@ -61,3 +65,42 @@ def test_adamw_over_the_trained_parameters_decays_matrices_only_on_the_stage_sch
         sched.step()
     assert used == pytest.approx(expected, rel=1e-9)
     assert opt.param_groups[0]["lr"] == pytest.approx(peak * ratio)
+
+
+def _sharded_mlp(seed: int) -> torch.nn.Module:
+    """A small MLP sharded with FSDP2 on the one-rank gloo group (its parameters DTensors)."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4)
+    )
+    mesh = dist.device_mesh.init_device_mesh("cpu", (1,))
+    fully_shard(model[0], mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def test_the_trainer_steps_fsdp2_dtensors_with_foreach_adamw_like_the_per_tensor_loop(
+    one_rank_group,
+):
+    """``build_optimizer`` picks the multi-tensor AdamW (``foreach`` on CPU); over FSDP2's
+    DTensor shards on gloo it moves every weight as torch's per-tensor loop does."""
+    spec = TrainSpec(init={"kind": "random"}, output="x", steps=5, lr=1e-2, warmup=0)
+    ours, peer = _sharded_mlp(0), _sharded_mlp(0)
+    opt, _ = build_optimizer(ours, spec, "sft", spec.steps)
+    assert all(g["foreach"] and not g["fused"] for g in opt.param_groups)
+    assert adamw_implementation([torch.zeros(1)]) == {"foreach": True}
+    ref = torch.optim.AdamW(
+        [{"params": [p for p in peer.parameters() if p.ndim >= 2], "weight_decay": 0.01},
+         {"params": [p for p in peer.parameters() if p.ndim < 2], "weight_decay": 0.0}],
+        lr=1e-2, betas=(0.9, 0.95), foreach=False,
+    )  # fmt: skip
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        for model, o in ((ours, opt), (peer, ref)):
+            model(x).square().mean().backward()
+            o.step()
+            o.zero_grad(set_to_none=True)
+    for (name, a), b in zip(ours.named_parameters(), peer.parameters(), strict=True):
+        assert isinstance(a, DTensor)
+        assert not torch.equal(a.full_tensor(), _sharded_mlp(0).state_dict()[name].full_tensor())
+        torch.testing.assert_close(a.full_tensor(), b.full_tensor(), rtol=1e-6, atol=1e-7)

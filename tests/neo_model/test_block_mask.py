@@ -83,9 +83,7 @@ CASES = [(1, 700, 0), (1, 1000, 333), (2, 900, 50), (3, 256, 0), (2, 129, 1), (1
 def test_block_mask_from_runs_equals_create_block_mask(batch, length, pad):
     for seed in range(3):
         ids, ordinal = random_rows(batch, length, pad, seed)
-        assert_same_block_mask(
-            block_mask_from_runs(ids, ordinal), _block_mask_dense(ids, ordinal)
-        )
+        assert_same_block_mask(block_mask_from_runs(ids, ordinal), _block_mask_dense(ids, ordinal))
 
 
 @pytest.mark.parametrize(("batch", "length", "pad"), CASES[:4])
@@ -103,6 +101,7 @@ def test_block_edges_and_the_full_blocks():
     ids, ordinal = edge_row()
     new = block_mask_from_runs(ids, ordinal)
     assert_same_block_mask(new, _block_mask_dense(ids, ordinal))
+
     def blocks(kind: str, q_block: int) -> list[int]:
         num = getattr(new, f"{kind}kv_num_blocks")[0, 0, q_block]
         return sorted(getattr(new, f"{kind}kv_indices")[0, 0, q_block, :num].tolist())
@@ -122,7 +121,9 @@ def test_the_mask_mod_of_partial_blocks_is_the_neo_mask():
     mask = block_mask_from_runs(ids, ordinal)
     for b in range(2):
         for q in range(300):
-            row = mask.mask_mod(torch.tensor(b), torch.tensor(0), torch.tensor(q), torch.arange(300))
+            row = mask.mask_mod(
+                torch.tensor(b), torch.tensor(0), torch.tensor(q), torch.arange(300)
+            )
             assert torch.equal(row, dense[b, q]), (b, q)
 
 

@@ -25,7 +25,7 @@ Sections (each guarded: a failure is recorded in the JSON with its traceback, th
 
 Peak memory: ``torch.cuda.max_memory_allocated`` per section (reset before each). Timings:
 ``neo_model.timing.time_per_call`` (CUDA events, synchronised). ``--dry-run``: CPU, the debug
-preset, 512-token rows, one step each (FlexAttention on CPU: forward only; compile is CUDA-only,
+preset, 256-token rows, one step each (FlexAttention on CPU: forward only; compile is CUDA-only,
 so both train rows run eager).
 
 What it depends on outside the model: ``TrainSpec`` / ``InitSpec`` (manifest fields ``init``,
@@ -81,7 +81,7 @@ class Check:
         self.dtype = torch.float32 if self.dry else torch.bfloat16
         self.preset = "debug" if self.dry else args.preset
         self.cfg = PRESETS[self.preset]()
-        self.seq_len = 512 if self.dry else args.seq_len
+        self.seq_len = 256 if self.dry else args.seq_len
         self.steps, self.warmup = (1, 0) if self.dry else (args.steps, args.warmup)
         self.tok = tokenizer_or_chars()
         factor = self.cfg.image_factor

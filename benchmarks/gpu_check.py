@@ -99,6 +99,8 @@ class Check:
 def process_group(device: torch.device) -> None:
     """A single-process group (nccl on CUDA, gloo on CPU) before the trainer's setup sees none."""
     if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(0)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 

@@ -165,3 +165,24 @@ def test_segments_cut_at_images_equal_the_dense_mask_forward_and_backward(monkey
     torch.testing.assert_close(outs["segments"], outs["sdpa"])
     for a, b in zip(grads["segments"], grads["sdpa"], strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_block_mask_on_cuda_equals_cpu_and_compiled_flex_agrees_with_the_old_mask():
+    """On CUDA: the same blocks as on the CPU, and compiled FlexAttention forward + backward
+    with the new mask equals that with ``create_block_mask``'s (images across block edges)."""
+    ids, ordinal = random_rows(2, 1000, 100, seed=2)
+    cpu = block_mask_from_runs(ids, ordinal)
+    ids, ordinal = ids.cuda(), ordinal.cuda()
+    new = block_mask_from_runs(ids, ordinal)
+    for name in FIELDS:
+        assert torch.equal(getattr(new, name).cpu(), getattr(cpu, name)), name
+    results = []
+    for mask in (new, _block_mask_dense(ids, ordinal)):
+        inputs = [x.cuda().requires_grad_() for x in qkv(2, 1000, 1000)]
+        out = attend(*inputs, mask, 0.25)
+        grads = torch.autograd.grad(out.square().sum(), inputs)
+        results.append((out, *grads))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)

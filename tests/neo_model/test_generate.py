@@ -3,6 +3,7 @@ draws from the tempered, top-k-truncated softmax."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 from types import SimpleNamespace
@@ -250,3 +251,23 @@ def test_logits_to_keep_refuses_labels(debug_model, prompts):
     zeros = torch.zeros_like(ids)
     with pytest.raises(ValueError, match="logits_to_keep"):
         debug_model(ids, zeros, zeros, zeros, zeros - 1, labels=ids, logits_to_keep=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_prefill_with_the_block_mask_equals_the_dense_prefill(debug_model, prompts):
+    """On CUDA the prefill defaults to compiled FlexAttention with the block mask; its
+    last-position logits (fp32) equal the former dense-mask prefill's on the CPU."""
+
+    model = copy.deepcopy(debug_model).cuda()
+    model.language_model.tie_weights()
+    logits: list[torch.Tensor] = []
+    hook = model.language_model.lm_head.register_forward_hook(
+        lambda module, args, out: logits.append(out.detach().cpu())
+    )
+    try:
+        generate(model, prompts, SamplingParams(max_new_tokens=1, stop_id=-1))
+    finally:
+        hook.remove()
+    expected = old_prefill_logits(debug_model, prompts)
+    torch.testing.assert_close(logits[0][:, 0], expected, rtol=1e-3, atol=1e-3)

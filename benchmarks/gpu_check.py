@@ -60,7 +60,7 @@ from neo_model.hf_baseline import hf_loss, hf_model, padded_batches, samples_of
 from neo_model.loss import loss_weights
 from neo_model.synthetic_pack import QUESTIONS, Pack, build_pack, random_image, tokenizer_or_chars
 from neo_model.testing import random_neo
-from neo_model.timing import free_memory, sync, time_per_call
+from neo_model.timing import attention_step, free_memory, sync, time_per_call
 from neo_model.train.flops import FlopCount
 from neo_model.train.optim import build_optimizer
 from neo_model.train.parallelize import autocast, setup_distributed
@@ -163,8 +163,6 @@ def train_mfu(check: Check, compiled: bool) -> dict:
 
 def attention(check: Check) -> dict:
     """Flex forward + backward (CPU: forward only), NEO mask vs document-causal, same row."""
-    from neo_model.attention import attend
-
     pack, device, cfg = check.packs[0], check.device, check.cfg
     ids = sample_ids_from_cu_seqlens(pack.cu_seqlens, pack.length)[None].to(device)
     ordinal = pack.columns["image_ordinal"]
@@ -190,14 +188,7 @@ def attention(check: Check) -> dict:
         sync(device)
         build_s = time.perf_counter() - t0
 
-        def step(mask=mask) -> None:
-            if backward:
-                q.grad = k.grad = v.grad = None
-                attend(q, k, v, mask, d**-0.5).backward(grad_out)
-            else:
-                with torch.no_grad():
-                    attend(q, k, v, mask, d**-0.5)
-
+        step = attention_step(q, k, v, mask, d**-0.5, grad_out if backward else None)
         free_memory(device)
         seconds = time_per_call(step, check.steps, check.warmup, device)
         rows[name] = {"mask_build_s": build_s, "seconds": seconds, "pairs": pairs,

@@ -107,7 +107,8 @@ def run_ours(
             "curate": {
                 "output": str(out),
                 "download": {"processes": processes, "threads": threads,
-                             "rows_per_task": rows_per_task, "retries": 0, "engine": engine},
+                             "rows_per_task": rows_per_task, "retries": 0, "engine": engine,
+                             "block_private_addresses": False},  # a loopback server
                 "filters": {"languages": ["en"], "language_min_chars": 0,
                             "min_language_score": 0.0},
                 "sources": [{"name": "bench", "path": str(url_file)}],

@@ -13,6 +13,7 @@ neo manifest example [NAME]         print a bundled manifest to start from (no N
 neo shards ls|stats|verify|show|serve URL   browse packed datasets (local or s3://), also as a web page
 neo chat --checkpoint DIR [Q]       ask a NEO checkpoint, once or in a conversation
 neo serve --checkpoint DIR          an OpenAI-compatible endpoint for a NEO checkpoint
+neo export CHECKPOINT OUT           any checkpoint as a Hugging Face folder (VLMEvalKit, AutoModel)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ COMMANDS = {
     "manifest": "pipelines.manifest_cmd",
     "shards": "pipelines.shards_cmd",
     "chat": "pipelines.chat",
+    "export": "pipelines.export",
 }
 
 

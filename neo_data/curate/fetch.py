@@ -14,8 +14,14 @@ albumentations and OpenCV (measured: 8.8 s and +310 MiB RSS per process, and a P
 check), for two small functions. :func:`is_disallowed` reproduces its opt-out rule and
 ``tests/neo_data/curate/test_fetch.py`` checks it against img2dataset's own on every case.
 
-Download reasons (stable): ``invalid_url``, ``http_client_error`` (4xx), ``http_server_error``
-(5xx), ``too_many_redirects``, ``connection_error``, ``timeout``, ``truncated``, ``too_large``,
+Download reasons (stable): ``invalid_url`` (not http(s)), ``bad_url`` (no request can be made
+of it: a malformed host or port, a lone surrogate; ``neo_data/curate/netguard.py`` percent-encodes
+what a browser would), ``blocked_address`` (``download.block_private_addresses``),
+``bad_redirect`` (a redirect to ``file://`` or another non-http(s) URL), ``http_client_error``
+(4xx), ``http_server_error`` (5xx), ``too_many_redirects``, ``connection_error``, ``timeout``
+(``timeout_s`` for one socket operation, ``deadline_s`` for the whole attempt: connect, status
+line, headers and body), ``truncated``, ``too_large``, ``bad_encoding`` (a ``Content-Encoding``
+other than gzip/deflate, or a corrupt one; gzip and deflate bodies are decoded),
 ``not_an_image`` (a ``text/*`` body such as an HTML page), ``opted_out``, ``download_error``
 (engine img2dataset only: a message none of the rules below recognises).
 
@@ -34,7 +40,9 @@ failures are mapped from the message (:func:`img2dataset_reason`):
 
 What cannot be distinguished with it: ``not_an_image`` (no Content-Type is returned: a text or
 HTML page is downloaded and fails later as the filter's ``image_decode_error``); a slow body
-(no deadline: a drip-fed body is read until the server stops); ``too_large`` is decided after
+(no deadline: a drip-fed body, or headers trickled a byte at a time, are read until the server
+stops); a gzip body is not decoded (``image_decode_error``); redirects to private addresses are
+not seen (``block_private_addresses`` checks the first hop only); ``too_large`` is decided after
 the whole body is in memory; ``http_status``, ``content_type`` and ``final_url`` of successful
 downloads are not recorded (``None`` in the lineage).
 """
@@ -45,20 +53,25 @@ import functools
 import http.client
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from email.message import Message
 from types import ModuleType
 from urllib.parse import urlsplit
 
+from neo_data.curate.netguard import AttemptGuard, address_problem, normalize_url
+from neo_data.curate.netguard import Failure as _Failure
 from neo_data.manifest.curate import DownloadEngine, DownloadSpec
 
 TRANSIENT = frozenset({"timeout", "connection_error", "http_server_error", "truncated"})
 CHUNK = 1 << 16
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_SCHEME = re.compile(r"^[\x00-\x20]*([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 @dataclass
@@ -89,12 +102,6 @@ class Fetched:
         }
 
 
-class _Failure(Exception):
-    def __init__(self, reason: str, detail: str, status: int | None = None):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail, self.status = reason, detail, status
-
-
 def is_disallowed(headers: Message, token: str | None, directives: Collection[str]) -> bool:
     """img2dataset's opt-out rule: an ``X-Robots-Tag`` value ``[<ua token>:] d1, d2, ...`` opts
     out when it names no token or our token and lists one of ``directives``."""
@@ -118,15 +125,20 @@ def fetch(url: str, spec: DownloadSpec) -> Fetched:
     """Download ``url`` with retries on transient failures; never raises for network errors."""
     out = Fetched(url, engine=spec.engine)
     t0 = time.perf_counter()
-    scheme = urlsplit(url).scheme.lower() if url else ""
+    scheme = m.group(1).lower() if url and (m := _SCHEME.match(url)) else ""
     if scheme not in ("http", "https"):  # also keeps urllib (both engines) off file:// and ftp://
         out.reason, out.detail = "invalid_url", f"not an http(s) URL: {url[:200]!r}"
+        return out
+    try:
+        request_url = normalize_url(url)
+    except _Failure as f:
+        out.reason, out.detail = f.reason, f.detail
         return out
     attempt_once = _attempt_img2dataset if spec.engine == "img2dataset" else _attempt
     for attempt in range(spec.retries + 1):
         out.attempts = attempt + 1
         try:
-            attempt_once(url, spec, out)
+            attempt_once(request_url, spec, out)
             out.reason, out.detail = None, ""
             break
         except _Failure as f:
@@ -151,35 +163,82 @@ def _opt_out_rule(spec: DownloadSpec) -> tuple[str | None, set[str]]:
 def _attempt(url: str, spec: DownloadSpec, out: Fetched) -> None:
     token, directives = _opt_out_rule(spec)
     request = urllib.request.Request(url, headers={"User-Agent": user_agent(spec)})
-    deadline = time.monotonic() + spec.deadline_s
-    try:
-        with urllib.request.urlopen(request, timeout=spec.timeout_s) as r:
-            out.http_status, out.final_url = r.status, r.geturl()
-            out.content_type = r.headers.get("Content-Type")
-            if directives and is_disallowed(r.headers, token, directives):
+    with AttemptGuard(spec.deadline_s, spec.block_private_addresses) as guard:
+        try:
+            with guard.opener().open(request, timeout=spec.timeout_s) as r:
+                out.http_status, out.final_url = r.status, r.geturl()
+                out.content_type = r.headers.get("Content-Type")
+                if directives and is_disallowed(r.headers, token, directives):
+                    raise _Failure(
+                        "opted_out",
+                        "X-Robots-Tag: " + ", ".join(r.headers.get_all("X-Robots-Tag", [])),
+                    )
+                if (out.content_type or "").lower().startswith("text/"):
+                    raise _Failure("not_an_image", f"Content-Type {out.content_type}")
+                length = r.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) > spec.max_bytes:
+                    raise _Failure(
+                        "too_large", f"Content-Length {length} > max_bytes {spec.max_bytes}"
+                    )
+                body = _read_capped(r, spec.max_bytes, guard)
+                out.data = _decoded(body, r.headers.get("Content-Encoding"), spec.max_bytes)
+        except _Failure:
+            raise
+        except Exception as e:
+            if guard.expired:  # the watchdog cut the connection: whatever the read saw
                 raise _Failure(
-                    "opted_out", "X-Robots-Tag: " + ", ".join(r.headers.get_all("X-Robots-Tag", []))
-                )
-            if (out.content_type or "").lower().startswith("text/"):
-                raise _Failure("not_an_image", f"Content-Type {out.content_type}")
-            length = r.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > spec.max_bytes:
-                raise _Failure("too_large", f"Content-Length {length} > max_bytes {spec.max_bytes}")
-            out.data = _read_capped(r, spec.max_bytes, deadline)
-    except _Failure:
-        raise
-    except urllib.error.HTTPError as e:
-        raise _classify_http(e) from None
-    except urllib.error.URLError as e:
+                    "timeout", f"attempt not complete by deadline_s {spec.deadline_s}s"
+                ) from None
+            raise _network_failure(e, spec) from None
+
+
+def _network_failure(e: Exception, spec: DownloadSpec) -> _Failure:
+    """The reason of an exception urllib or http.client raised during an attempt."""
+    if isinstance(e, urllib.error.HTTPError):
+        return _classify_http(e)
+    if isinstance(e, urllib.error.URLError):
         if isinstance(e.reason, TimeoutError):
-            raise _Failure("timeout", f"no answer within {spec.timeout_s}s") from None
-        raise _Failure("connection_error", str(e.reason)[:200]) from None
-    except http.client.IncompleteRead as e:
-        raise _Failure("truncated", f"{len(e.partial)} bytes, {e.expected} more expected") from None
-    except TimeoutError:
-        raise _Failure("timeout", f"a read took over {spec.timeout_s}s") from None
-    except (http.client.HTTPException, ConnectionError, OSError) as e:
-        raise _Failure("connection_error", f"{type(e).__name__}: {e}"[:200]) from None
+            return _Failure("timeout", f"no answer within {spec.timeout_s}s")
+        return _Failure("connection_error", str(e.reason)[:200])
+    if isinstance(e, http.client.IncompleteRead):
+        return _Failure("truncated", f"{len(e.partial)} bytes, {e.expected} more expected")
+    if isinstance(e, TimeoutError):
+        return _Failure("timeout", f"a read took over {spec.timeout_s}s")
+    if isinstance(e, http.client.InvalidURL | UnicodeError):  # a redirect's target, say
+        return _Failure("bad_url", f"{type(e).__name__}: {e}"[:200])
+    if isinstance(e, http.client.HTTPException | OSError):
+        return _Failure("connection_error", f"{type(e).__name__}: {e}"[:200])
+    raise e  # a programming error
+
+
+def _decoded(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """The body without its ``Content-Encoding`` (gzip, deflate), capped at ``max_bytes``."""
+    codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip()]
+    for coding in reversed(codings):  # applied in order, so undone last first
+        if coding == "identity":
+            continue
+        if coding not in _WBITS:
+            raise _Failure("bad_encoding", f"Content-Encoding {coding} is not supported")
+        for wbits in _WBITS[coding]:
+            d = zlib.decompressobj(wbits)
+            try:
+                out = d.decompress(body, max_bytes + 1)
+            except zlib.error as e:
+                error = e
+                continue
+            if len(out) > max_bytes:
+                raise _Failure("too_large", f"{coding}-decoded body over max_bytes {max_bytes}")
+            if not d.eof:
+                raise _Failure("truncated", f"{coding} stream ends early ({len(body)} bytes)")
+            body = out
+            break
+        else:
+            raise _Failure("bad_encoding", f"Content-Encoding {coding}: {error}"[:200])
+    return body
+
+
+# gzip (and its old name); deflate is zlib-wrapped by the standard, raw by some servers
+_WBITS = {"gzip": (31,), "x-gzip": (31,), "deflate": (15, -15)}
 
 
 def _classify_http(e: urllib.error.HTTPError) -> _Failure:
@@ -189,15 +248,17 @@ def _classify_http(e: urllib.error.HTTPError) -> _Failure:
     return _Failure(kind, f"HTTP {e.code} {e.reason}"[:200], e.code)
 
 
-def _read_capped(r: http.client.HTTPResponse, max_bytes: int, deadline: float) -> bytes:
+def _read_capped(r: http.client.HTTPResponse, max_bytes: int, guard: AttemptGuard) -> bytes:
     """Read the body in chunks; fail past ``max_bytes`` or the attempt's deadline."""
     parts: list[bytes] = []
     total = 0
     while True:
-        if time.monotonic() > deadline:
+        if guard.expired or time.monotonic() > guard.deadline:
             raise _Failure("timeout", f"body not complete by the deadline ({total} bytes read)")
         chunk = r.read1(CHUNK) if hasattr(r, "read1") else r.read(CHUNK)
         if not chunk:
+            if guard.expired:  # the watchdog shut the socket: an end, but not the body's
+                raise _Failure("timeout", f"body not complete by the deadline ({total} bytes read)")
             break
         total += len(chunk)
         if total > max_bytes:
@@ -263,6 +324,8 @@ def img2dataset_reason(message: str) -> tuple[str, int | None]:
 def _attempt_img2dataset(url: str, spec: DownloadSpec, out: Fetched) -> None:
     """One attempt through img2dataset's ``download_image``; the byte cap after the fact."""
     token, directives = _opt_out_rule(spec)
+    if spec.block_private_addresses:
+        _check_first_hop(url)
     download_image = img2dataset_downloader().download_image
     _, stream, err = download_image((0, url), spec.timeout_s, token, directives or None)
     if stream is None:
@@ -277,3 +340,20 @@ def _attempt_img2dataset(url: str, spec: DownloadSpec, out: Fetched) -> None:
             "reads the whole body before the cap can be checked)",
         )
     out.data, out.http_status = data, None  # a success's status is not reported to us
+
+
+def _check_first_hop(url: str) -> None:
+    """Engine img2dataset: the URL's own host against the address rule (its redirects happen
+    inside img2dataset's urllib call, out of our reach)."""
+    parts = urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise _Failure("connection_error", f"{parts.hostname}: {e}"[:200]) from None
+    for *_, sockaddr in infos:
+        if (problem := address_problem(sockaddr[0])) is not None:
+            raise _Failure(
+                "blocked_address",
+                f"{parts.hostname} resolves to {sockaddr[0]} ({problem}); "
+                "download.block_private_addresses is on",
+            )

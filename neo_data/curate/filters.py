@@ -6,12 +6,14 @@ Reasons are stable snake_case strings (counted in the run report, stored in ``re
 ``image_decode_error``            Pillow cannot decode the bytes (corrupt, truncated, not an image)
 ``decompression_bomb``            width x height above ``max_decode_pixels`` (checked before decoding)
 ``image_too_small``               a side below ``min_side`` or pixels below ``min_pixels``
+                                  (the size checks read the header only, before decoding)
 ``image_too_large``               a side above ``max_side`` or pixels above ``max_pixels``
 ``aspect_ratio``                  long side / short side above ``max_aspect_ratio``
 ``caption_not_utf8``              the caption's bytes are not UTF-8
 ``caption_empty``                 nothing but whitespace
 ``caption_too_short`` / ``_long`` characters outside [caption_min_chars, caption_max_chars]
-``caption_too_few_words`` / ...   words outside [caption_min_words, caption_max_words]
+``caption_too_few_words`` / ...   words outside [caption_min_words, caption_max_words] (in
+                                  Chinese, Japanese, Thai, ... each character is a word)
 ``caption_junk``                  URL- or file-name-like, or a boilerplate phrase
 ``text_empty`` / ``too_short`` / ...  documents of kind ``text``
 ``language``                      detected language not in ``languages`` (or score too low)
@@ -20,8 +22,10 @@ Reasons are stable snake_case strings (counted in the run report, stored in ``re
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
+import struct
 import threading
 import warnings
 from dataclasses import dataclass
@@ -57,31 +61,79 @@ class ImageInfo:
 # ---------------------------------------------------------------------------------------------
 
 
-def inspect_image(data: bytes, f: FilterSpec) -> ImageInfo | Drop:
+def inspect_image(
+    data: bytes, f: FilterSpec, budget: DecodeBudget | None = None
+) -> ImageInfo | Drop:
     """Decode ``data`` fully (a truncated file fails here, not in training), check its size,
-    and compute its perceptual hash on the upright image."""
+    and compute its perceptual hash on the upright image.
+
+    The size limits (``max_decode_pixels``, then ``check_image_size``) are checked right after
+    ``Image.open``, which reads the header only: a 20 KiB PNG claiming 13000x13000 costs no
+    decode. The decode itself holds ``budget`` (pixels decoded at once in this process, across
+    a task's download threads) for as many pixels as it decodes."""
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb guard is replaced by ``max_decode_pixels`` (checked below,
-            # before any pixel is decoded); its warning must not leak into logs per image.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # before any pixel is decoded); its warnings (that one, corrupt EXIF, ...) must not
+            # leak into logs per image.
+            warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > f.max_decode_pixels:
                 return Drop("decompression_bomb", f"{w}x{h} above {f.max_decode_pixels} pixels")
+            size_drop = check_image_size(w, h, f)
+            if size_drop is not None:
+                return size_drop
             if img.format == "JPEG":
                 img.draft("RGB", (64, 64))  # DCT scaling: the hash needs 32x32 only
-            img.load()
+            with budget.hold(img.size[0] * img.size[1]) if budget else contextlib.nullcontext():
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                digest = imagehash.phash(to_rgb(upright), hash_size=PHASH_SIZE)
     except Image.DecompressionBombError as e:
         return Drop("decompression_bomb", str(e))
-    except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as e:
+    except _DECODE_ERRORS as e:
         return Drop("image_decode_error", f"{type(e).__name__}: {e}"[:300])
-    size_drop = check_image_size(w, h, f)
-    if size_drop is not None:
-        return size_drop
-    upright = ImageOps.exif_transpose(img)
-    digest = imagehash.phash(to_rgb(upright), hash_size=PHASH_SIZE)
     return ImageInfo(w, h, img.format or "unknown", img.mode, phash_to_int(digest))
+
+
+# What Pillow's decoders raise on bad bytes: OSError (truncated, broken data stream; also
+# UnidentifiedImageError), SyntaxError and ValueError (bad headers), EOFError, struct.error and
+# IndexError (short tables), ZeroDivisionError (zero sizes), RuntimeError (the AVIF decoder).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
+                  ZeroDivisionError, RuntimeError)  # fmt: skip
+
+
+class DecodeBudget:
+    """A semaphore counted in pixels: decodes wait while the pixels being decoded would pass
+    ``capacity``; an image larger than the whole budget decodes alone (when none other is)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_use = 0
+        self.peak = 0  # the most pixels decoded at once so far (tests, lineage of a run)
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        with self._cond:
+            while self.in_use and self.in_use + pixels > self.capacity:
+                self._cond.wait()
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
+
+
+@lru_cache(maxsize=8)
+def decode_budget(capacity: int) -> DecodeBudget:
+    """The process's budget of ``capacity`` pixels (one per setting: the threads of a task and
+    the tasks run one after another in a worker share it)."""
+    return DecodeBudget(capacity)
 
 
 def check_image_size(w: int, h: int, f: FilterSpec) -> Drop | None:
@@ -115,11 +167,20 @@ _FILENAME = re.compile(
     r"^\s*[\w\-. ()]*\.(?:jpe?g|png|gif|webp|bmp|tiff?|svg|heic|avif)\s*$", re.IGNORECASE
 )
 _CAMERA = re.compile(r"^\s*(?:img|dsc|dscn|dcim|pxl|screenshot)[_\- ]?\d[\w\-]*\s*$", re.IGNORECASE)
-_WORD = re.compile(r"\w+")
+# Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar, Tibetan):
+# each character counts as a word there (what a segmenter's word count approaches for the
+# short captions these limits are about); elsewhere a word is a run of word characters.
+_NO_SPACES = (
+    "\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+)
+_WORD = re.compile(f"[{_NO_SPACES}]|[^\\W{_NO_SPACES}]+")
 
 
 def decode_text(value: object) -> str | Drop:
-    """A caption cell as text: bytes must be UTF-8 (CSV cells arrive as bytes)."""
+    """A caption cell as text: bytes must be UTF-8 (CSV cells arrive as bytes), and text must
+    be encodable as UTF-8 (a JSON ``\\ud800`` escape decodes to a lone surrogate, which no
+    Parquet file can hold): the row is rejected, never repaired."""
     if value is None:
         return ""
     if isinstance(value, bytes):
@@ -127,7 +188,17 @@ def decode_text(value: object) -> str | Drop:
             return value.decode("utf-8")
         except UnicodeDecodeError as e:
             return Drop("caption_not_utf8", f"byte {e.start}: {value[e.start : e.start + 4]!r}")
-    return str(value)
+    text = str(value)
+    return unencodable(text) or text
+
+
+def unencodable(text: str) -> Drop | None:
+    """A Drop when ``text`` holds a lone surrogate (not encodable as UTF-8), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return Drop("caption_not_utf8", f"character {e.start}: lone surrogate {text[e.start]!a}")
+    return None
 
 
 def check_caption(text: str, f: FilterSpec) -> Drop | None:

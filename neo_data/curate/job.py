@@ -32,12 +32,13 @@ Output layout (``curate.output``, local or ``s3://``)::
     ├── samples/<unit>.parquet      neo.curated rows (neo_data/format/schema.py), what `neo pack` reads
     ├── rejected/<unit>.parquet     rows dropped at read/download/filter: source, url, row,
     ├── rejected/<unit>-dedup.parquet   input_file, input_row, stage, reason, detail, meta
-    └── _work/                      manifest hash, unit markers, dedup decisions (resumption)
+    └── _work/                      manifest hash, plan, unit markers, dedup decisions
 
 ``<unit>`` is ``<source>-<file number>-<chunk>``; ``sample_id`` is ``<source>-<row>``. Every
-input row ends in exactly one of samples/ or rejected/ (the report checks the sum). A rerun after
-a crash redoes only unfinished units and writes identical files; a rerun after success finds
-report.json (same manifest) and does nothing.
+input row ends in exactly one of samples/ or rejected/ (counted again from those files before the
+report is written). A rerun after a crash redoes only unfinished units and writes identical
+files; a rerun after success finds report.json (same manifest) and does nothing. Either refuses
+when the input files changed since the output was started (``neo_data/curate/resume.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ from neo_data.curate.dedup import DedupItem, find_duplicates
 from neo_data.curate.fetch import img2dataset_downloader
 from neo_data.curate.plan import Unit, curate_spec_of, plan_units, spec_hash
 from neo_data.curate.report import REPORT_NAME, make_report, verify_report
+from neo_data.curate.resume import (
+    check_inputs_unchanged,
+    check_plan,
+    done_units,
+    read_markers,
+    recount,
+    verify_against_outputs,
+)
 from neo_data.curate.rows import RowContext, process_row, sample_id
 from neo_data.curate.sources import read_rows
 from neo_data.format.schema import CURATED_SCHEMA, REJECTED_DIR, WORK_DIR
@@ -142,10 +151,8 @@ def curate_unit(spec_json: str, unit: Unit, output: str) -> dict[str, Any]:
     fs, root = url_to_fs(output)
     p = _paths(root, unit.unit_id)
     atomic_write(fs, p["candidates"], table_to_parquet_bytes(_table(samples, CANDIDATE_SCHEMA)))
-    if rejected:
-        atomic_write(
-            fs, p["rejected"], table_to_parquet_bytes(_table(rejected, CURATE_REJECTED_SCHEMA))
-        )
+    rej = _table(rejected, CURATE_REJECTED_SCHEMA) if rejected else None
+    _write_or_remove(fs, p["rejected"], rej)
     marker = {
         "unit": asdict(unit),
         "rows_in": len(rows),
@@ -163,6 +170,15 @@ def curate_unit(spec_json: str, unit: Unit, output: str) -> dict[str, Any]:
 
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _write_or_remove(fs, path: str, table: pa.Table | None, row_group: int | None = None) -> None:
+    """Write a unit's part, or remove the one an interrupted earlier attempt of the unit left
+    (a retry that rejects nothing must not keep the first attempt's rejections)."""
+    if table is not None:
+        atomic_write(fs, path, table_to_parquet_bytes(table, row_group))
+    elif fs.exists(path):
+        fs.rm(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,15 +249,12 @@ def finalize_unit(unit: Unit, dups: dict[str, dict], output: str) -> dict[str, A
     ids = cand.column("sample_id").to_pylist()
     keep = pa.array([sid not in dups for sid in ids], type=pa.bool_())
     kept = cand.filter(keep).select(CURATED_SCHEMA.names).cast(CURATED_SCHEMA)
-    if kept.num_rows:
-        atomic_write(fs, p["samples"], table_to_parquet_bytes(kept, SAMPLES_ROW_GROUP))
+    _write_or_remove(fs, p["samples"], kept if kept.num_rows else None, SAMPLES_ROW_GROUP)
     rejected = [_dup_rejected(r, unit, dups[r["sample_id"]])
                 for r in cand.filter(pc.invert(keep))
                 .select(["sample_id", "source", "url", "row", "meta"]).to_pylist()]  # fmt: skip
-    if rejected:
-        atomic_write(
-            fs, p["dup_rejected"], table_to_parquet_bytes(_table(rejected, CURATE_REJECTED_SCHEMA))
-        )
+    dup = _table(rejected, CURATE_REJECTED_SCHEMA) if rejected else None
+    _write_or_remove(fs, p["dup_rejected"], dup)
     images = kept.column("images").to_pylist()
     marker = {
         "unit_id": unit.unit_id,
@@ -290,16 +303,18 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
         commit=(REPORT_NAME, lambda report: report.get("manifest", {}).get("curate_sha256")),
     )
     if done is not None:
+        check_inputs_unchanged(output, spec)
         return CurateResult(output, done, skipped=True)
 
     t0 = time.perf_counter()
     units = plan_units(spec)
+    check_plan(output, spec, units, lambda root, uid: _paths(root, uid)["unit_marker"])
     log.info("curate %s: %d sources, %d units", manifest.name, len(spec.sources), len(units))
     workers = concurrency or spec.download.processes
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     spec_json = spec.model_dump_json()
 
-    curated = _markers(fs, root, "units")
+    curated = done_units(fs, root, "units")
     todo = [u for u in units if u.unit_id not in curated]
     curate_task = ray.remote(curate_unit).options(num_cpus=1)
     _run_bounded(lambda u: curate_task.remote(spec_json, u, output), todo, workers)
@@ -308,7 +323,7 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
     dups = decide_duplicates(spec, units, output)
     t_dedup = time.perf_counter() - t0 - t_curate
     final_task = ray.remote(finalize_unit).options(num_cpus=0.5)
-    finished = _markers(fs, root, "final")
+    finished = done_units(fs, root, "final")
     todo_final = [u for u in units if u.unit_id not in finished]
     names = [s.name for s in spec.sources]
     _run_bounded(
@@ -322,7 +337,7 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
         spec,
         shash,
         units,
-        _read_markers(fs, root, units),
+        read_markers(fs, root, units, _paths),
         {
             "seconds": round(seconds, 3),
             "curate_seconds": round(t_curate, 3),
@@ -333,6 +348,7 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
         },
     )
     verify_report(report)
+    verify_against_outputs(report, spec, units, recount(fs, root, units, _paths))
     _cleanup(fs, root, units)  # safe before the report: dedup and final markers are all written
     atomic_write(fs, join(root, REPORT_NAME), json.dumps(report, indent=2).encode())
     return CurateResult(output, report, skipped=False)
@@ -356,34 +372,9 @@ def _run_bounded(submit: Callable[[Unit], Any], units: list[Unit], limit: int) -
     return results
 
 
-def _markers(fs, root: str, stage: str) -> set[str]:
-    """Ids of the units whose ``stage`` is done (one listing, not one request per unit)."""
-    base = join(root, WORK_DIR, stage)
-    fs.invalidate_cache(base)
-    try:
-        listing = fs.ls(base, detail=False)
-    except FileNotFoundError:
-        return set()
-    finally:
-        # object-store listings are cached: a stale one would hide markers the tasks write next
-        fs.invalidate_cache(base)
-    names = (p.rsplit("/", 1)[-1] for p in listing)
-    return {n.removesuffix(".json") for n in names if n.endswith(".json")}
-
-
 def _unit_dups(dups: dict[str, dict], unit: Unit, source: str) -> dict[str, dict]:
     rows = range(unit.first_row, unit.first_row + unit.stop - unit.start)
     return {sid: dups[sid] for r in rows if (sid := sample_id(source, r)) in dups}
-
-
-def _read_markers(fs, root: str, units: list[Unit]) -> list[tuple[dict, dict]]:
-    def read(u: Unit) -> tuple[dict, dict]:
-        p = _paths(root, u.unit_id)
-        with fs.open(p["unit_marker"], "rb") as a, fs.open(p["final_marker"], "rb") as b:
-            return json.load(a), json.load(b)
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(read, units))
 
 
 def _cleanup(fs, root: str, units: list[Unit]) -> None:

@@ -26,6 +26,8 @@ class Unit:
     start: int  # rows [start, stop) of the file
     stop: int
     first_row: int  # source row of `start`
+    size: int  # the file's bytes and version tag when planned (a rerun checks them)
+    version: str | None
 
 
 def curate_spec_of(manifest: Manifest) -> CurateSpec:
@@ -38,19 +40,22 @@ def curate_spec_of(manifest: Manifest) -> CurateSpec:
 
 
 # Download settings that change speed, not output: a run may resume with other values.
-_SPEED_ONLY = ("processes", "threads")
+_SPEED_ONLY = ("processes", "threads", "decode_pixels")
 
 
 def spec_hash(spec: CurateSpec) -> str:
     """sha256 of the ``curate:`` section, without the speed-only settings.
 
-    The download engine enters as each source's effective engine, and only when one is not
+    ``block_private_addresses`` enters only when off (on, the default, hashes as before it
+    existed). The download engine enters as each source's effective engine, and only when one is not
     ``neo``: outputs written before ``engine`` existed keep their hash (a rerun still resumes
     or skips them), and another engine is another curation (reasons and lineage differ)."""
     canon = spec.model_dump(mode="json")
     for download in [canon["download"], *(s["download"] for s in canon["sources"])]:
         for key in (*_SPEED_ONLY, "engine"):
             (download or {}).pop(key, None)
+        if (download or {}).get("block_private_addresses") is True:
+            download.pop("block_private_addresses")  # the default keeps older outputs' hash
     engines = [spec.source_download(s).engine for s in spec.sources]
     if set(engines) != {"neo"}:
         canon["source_engines"] = engines
@@ -67,5 +72,6 @@ def plan_units(spec: CurateSpec) -> list[Unit]:
             for ci, start in enumerate(range(0, sf.num_rows, per_task)):
                 stop = min(start + per_task, sf.num_rows)
                 uid = f"{source.name}-{fi:04d}-{ci:05d}"
-                units.append(Unit(uid, si, sf.url, sf.format, start, stop, sf.first_row + start))
+                units.append(Unit(uid, si, sf.url, sf.format, start, stop, sf.first_row + start,
+                                  sf.size, sf.version))  # fmt: skip
     return units

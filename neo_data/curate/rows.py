@@ -5,10 +5,12 @@ fully once, for the filters and the perceptual hash, and their original bytes ar
 downloaded (no re-encode) with their sha256 and size. Every decision is recorded in the row's
 ``meta`` JSON (``download``, ``filters``), the lineage that travels with the sample.
 
-Stages and their reasons: ``read`` (``bad_row``: a JSONL line that is not a JSON object;
-``bad_conversation``; ``image_count_mismatch``: ``<image>`` placeholders vs image URLs),
+Stages and their reasons: ``read`` (``bad_row``: a JSONL line that is not a JSON object, a CSV
+record with the wrong number of fields; ``bad_conversation``, also a turn holding a lone
+surrogate; ``image_count_mismatch``: ``<image>`` placeholders vs image URLs),
 ``download`` (``neo_data.curate.fetch``), ``filter`` (``neo_data.curate.filters``, plus
-``text_not_utf8``), ``dedup`` (``neo_data.curate.dedup``, decided later across the run).
+``text_not_utf8``; ``caption_not_utf8`` / ``text_not_utf8`` also for a lone surrogate, which
+a JSON escape can make and no Parquet file can hold), ``dedup`` (``neo_data.curate.dedup``, decided later across the run).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from neo_data.curate.filters import (
     check_caption,
     check_language,
     check_text,
+    decode_budget,
     decode_text,
     inspect_image,
+    unencodable,
 )
 from neo_data.curate.sources import ERROR_KEY
 from neo_data.format.schema import IMAGE_PLACEHOLDER
@@ -84,13 +88,13 @@ def process_row(ctx: RowContext, raw: dict[str, Any], row: int, input_row: int) 
         res.rejected = {
             "sample_id": sample_id(ctx.source.name, row),
             "source": ctx.source.name,
-            "url": url,
+            "url": _storable(url),
             "row": row,
             "input_file": ctx.input_file,
             "input_row": input_row,
             "stage": r.stage,
             "reason": r.reason,
-            "detail": r.detail,
+            "detail": _storable(r.detail),
             "meta": json.dumps(lineage, default=str),
         }
         return res
@@ -197,7 +201,7 @@ def _download_image(
         raise Rejected("download", got.reason or "download_failed", which + got.detail)
     res.bytes_downloaded += len(got.data)
     res.images_downloaded += 1
-    info = inspect_image(got.data, ctx.filters)
+    info = inspect_image(got.data, ctx.filters, decode_budget(ctx.download.decode_pixels))
     if isinstance(info, Drop):
         raise Rejected("filter", info.reason, which + info.detail)
     lineage.setdefault("images", []).append(
@@ -279,9 +283,19 @@ def _turns(value: object) -> list[dict[str, str]]:
         ):
             raise Rejected("read", "bad_conversation", f"turn {i}: needs string role and content")
         if t["role"] not in ("system", "user", "assistant"):
-            raise Rejected("read", "bad_conversation", f"turn {i}: unknown role {t['role']!r}")
+            raise Rejected("read", "bad_conversation", f"turn {i}: unknown role {t['role']!a}")
+        if (bad := unencodable(t["content"])) is not None:
+            raise Rejected("read", "bad_conversation", f"turn {i}: {bad.detail}")
         turns.append({"role": t["role"], "content": t["content"]})
     return turns
+
+
+def _storable(text: str | None) -> str | None:
+    """A string a Parquet file can hold: lone surrogates as ``\\udXXX`` escapes (the rejected
+    row keeps what the input said, readable)."""
+    if text is None:
+        return None
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def _extras(source: SourceSpec, raw: dict) -> dict[str, Any]:

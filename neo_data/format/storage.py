@@ -189,3 +189,15 @@ def _claim_work_dir(
         return old if old != digest else None
     atomic_write(fs, stamp, digest.encode())
     return None
+
+
+def file_identity(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
+    """What a job's plan records of an input file to notice that it changed: its size and the
+    store's version tag (ETag or generation on object stores, mtime on a local disk)."""
+    info = fs.info(path)
+    version = next(
+        (str(info[k]) for k in ("ETag", "etag", "generation", "mtime", "LastModified")
+         if info.get(k) is not None),
+        None,
+    )  # fmt: skip
+    return {"size": int(info["size"]), "version": version}

@@ -121,11 +121,18 @@ class DownloadSpec(Strict):
     engine: DownloadEngine = "neo"
     processes: Annotated[int | None, Field(gt=0)] = None  # tasks at once; default one per CPU
     threads: Annotated[int, Field(gt=0, le=1024)] = 64  # concurrent downloads per task
+    # pixels decoded at once per worker process, across its download threads (~3-4 bytes each:
+    # the default bounds decode memory near 256 MiB; an image above it decodes alone)
+    decode_pixels: Annotated[int, Field(gt=0)] = 64_000_000
     rows_per_task: Annotated[int, Field(gt=0)] = 2_000  # one work unit (and output file)
     timeout_s: Annotated[float, Field(gt=0)] = 10.0  # connect and each socket read
     deadline_s: Annotated[float, Field(gt=0)] = 60.0  # a whole attempt (engine neo only)
     retries: Annotated[int, Field(ge=0, le=10)] = 1  # extra attempts on transient failures
     max_bytes: Annotated[int, Field(gt=0)] = 32 << 20  # engine img2dataset: checked after reading
+    # Refuse loopback, link-local (cloud metadata), private and reserved addresses at every hop
+    # (engine img2dataset: the first hop only). Off only for a crawl of a server of your own,
+    # e.g. the demo's and the tests' servers on 127.0.0.1.
+    block_private_addresses: bool = True
     user_agent_token: str | None = "neo-curate"
     # X-Robots-Tag directives that opt an image out (img2dataset's defaults); [] disables
     disallowed_header_directives: list[str] = Field(

@@ -39,7 +39,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neo_data.format.schema import CURATED_SCHEMA, WORK_DIR, check_schema
-from neo_data.format.storage import atomic_write, join, list_inputs, resume_or_refuse, url_to_fs
+from neo_data.format.storage import (
+    OutputConflict,
+    atomic_write,
+    file_identity,
+    join,
+    list_inputs,
+    resume_or_refuse,
+    url_to_fs,
+)
 from neo_data.manifest import Manifest
 from neo_data.manifest.recaption import RecaptionSpec, check_policy
 from neo_data.recaption.captioners import Caption, make_captioner
@@ -90,7 +98,8 @@ def plan_inputs(patterns: list[str]) -> list[InputFile]:
             digest = hashlib.sha1(url.encode()).hexdigest()[:8]
             base = f"{base.removesuffix('.parquet')}-{digest}.parquet"
         name = base
-        files.append(InputFile(url, name, first, groups))
+        identity = file_identity(fs, path)
+        files.append(InputFile(url, name, first, groups, identity["size"], identity["version"]))
     return files
 
 
@@ -229,12 +238,27 @@ def run_recaption(manifest: Manifest) -> RecaptionResult:
 
 
 def _finished(fs, root: str, files: list[InputFile]) -> dict[str, FileDone]:
+    """The input files finished by an earlier run: their marker must cover that very file (the
+    same URL, rows, size and version), else the rerun is refused -- markers are found by output
+    name, and a changed input or a new folder listed first would reuse one for other rows."""
     done = {}
     for f in files:
         marker = join(root, WORK_DIR, f.name + ".json")
         if fs.exists(marker):
             with fs.open(marker, "rb") as fh:
-                done[f.name] = FileDone(**json.loads(fh.read()))
+                m = FileDone(**json.loads(fh.read()))
+            then = (m.input, m.rows, m.input_size, m.input_version)
+            now = (f.url, f.num_rows, f.size, f.version)
+            if m.input_size is None:  # a marker from before sizes were recorded
+                then, now = then[:2], now[:2]
+            if then != now:
+                raise OutputConflict(
+                    f"{marker} covers input {m.input} ({m.rows} rows, size {m.input_size}, "
+                    f"version {m.input_version}), but {f.name} is now {f.url} ({f.num_rows} "
+                    f"rows, size {f.size}, version {f.version}): the inputs changed since this "
+                    "output was started; choose a new recaption.output, or delete it to start over"
+                )
+            done[f.name] = m
     return done
 
 

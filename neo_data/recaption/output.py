@@ -24,6 +24,8 @@ class InputFile:
     name: str  # output file name under samples/ (and the marker's stem)
     num_rows: int
     row_groups: list[tuple[int, int, int]]  # (row group, first row, rows)
+    size: int | None = None  # bytes and the store's version tag when planned: a marker of
+    version: str | None = None  # another size or version is refused on resume
 
 
 def provenance(spec: RecaptionSpec) -> dict:
@@ -62,6 +64,8 @@ class FileDone:
     failed: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     failures_file: str | None = None
+    input_size: int | None = None  # what the marker covers (markers written before these
+    input_version: str | None = None  # fields existed are checked on input and rows only)
 
 
 def write_file(
@@ -96,6 +100,8 @@ def write_file(
         output=f"{SAMPLES_DIR}/{file.name}",
         rows=file.num_rows,
         failures_file=failures_name if failures else None,
+        input_size=file.size,
+        input_version=file.version,
         **counts,
     )
     marker_path = join(root, WORK_DIR, file.name + ".json")

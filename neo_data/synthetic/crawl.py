@@ -6,7 +6,9 @@ that no two cases are perceptual duplicates by accident).
 
 ``CASES`` lists every route with the outcome the curation job must give it under
 ``TEST_FILTERS`` / ``TEST_DOWNLOAD`` (``"kept"`` or a drop reason); the tests and the benchmark
-use the same server.
+use the same server. ``HOSTILE_CASES`` (:mod:`neo_data.synthetic.hostile`) are the adversarial
+part: servers that trickle headers, compress, redirect to private addresses or ``file://``,
+images of every mode and container Pillow reads, pixel bombs, hostile paths.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image
@@ -30,6 +33,7 @@ TEST_DOWNLOAD = {
     "deadline_s": 1.0,
     "retries": 1,
     "max_bytes": 1 << 20,
+    "block_private_addresses": False,  # the server is on 127.0.0.1
 }
 TEST_FILTERS = {"max_decode_pixels": 4_000_000, "min_side": 16, "languages": ["en"]}
 
@@ -164,6 +168,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 -- http.server's naming
         self.server.count(self.path, self.headers.get("User-Agent"))
         path = self.path.split("?", 1)[0]
+        from neo_data.synthetic.hostile import HOSTILE_ROUTES  # it builds on this module
+
+        if (hostile := HOSTILE_ROUTES.get(unquote(path).split("/")[1])) is not None:
+            return hostile(self, unquote(path))
         if path in self.server.files:
             data, ctype = self.server.files[path]
             return self._send(200, data, ctype)
@@ -311,6 +319,9 @@ class CrawlServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         images()  # built before the first request (the slow cases' timeouts are short)
+        from neo_data.synthetic.hostile import hostile_images
+
+        hostile_images()
 
     def handle_error(self, request, client_address) -> None:
         """A client that hung up (timeouts, byte caps) is expected here, not an error."""

@@ -47,6 +47,7 @@ from torch.distributed.checkpoint.state_dict import (
 from neo_data.format.storage import is_local, join, url_to_fs
 from neo_data.manifest.train import TrainSpec
 from neo_model.config import NeoConfig
+from neo_model.hf_export import write_hf_extras
 from neo_model.model import NeoChatModel
 from neo_model.weights import save_pretrained
 
@@ -239,6 +240,7 @@ def export(model: NeoChatModel, config: NeoConfig, url: str, rank: int) -> None:
         plain.load_state_dict({k: v.float() for k, v in full.items()})
         with tempfile.TemporaryDirectory(prefix="neo-export-") as tmp:
             save_pretrained(plain, tmp)
+            write_hf_extras(tmp, config)  # tokenizer, remote code: a complete HF folder
             put_dir(Path(tmp), url)
     dist.barrier()
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from neo_data.curate.filters import (  # noqa: E402
+    DecodeBudget,
     Drop,
     ImageInfo,
     check_caption,
@@ -179,3 +180,86 @@ def test_every_size_and_length_bound_is_inclusive():
     assert check_text("abc", t) is None and check_text("abcde", t) is None
     assert check_text("ab", t).reason == "text_too_short"
     assert check_text("abcdef", t).reason == "text_too_long"
+
+
+@pytest.mark.parametrize(
+    ("spec", "width", "height", "reason"),
+    [
+        (FilterSpec(max_pixels=1_000_000), 2000, 2000, "image_too_large"),
+        (FilterSpec(max_side=1000), 1500, 200, "image_too_large"),
+        (FilterSpec(), 16, 16, "image_too_small"),
+        (FilterSpec(), 3000, 100, "aspect_ratio"),
+    ],
+)
+def test_size_limits_hold_before_any_pixel_is_decoded(spec, width, height, reason):
+    """A header claiming the size and no pixel data: the limits decide from the header (a
+    decode would fail as image_decode_error, and cost width x height pixels first)."""
+    got = inspect_image(png_header_only(width, height), spec)
+    assert isinstance(got, Drop) and got.reason == reason, got
+
+
+def test_a_tiny_file_of_huge_dimensions_is_not_decoded():
+    """13000x13000 1-bit in a few KiB, under a decode cap that lets it through: max_pixels
+    stops it from the header (a decode would cost ~170 MB of pixels and seconds)."""
+    from neo_data.synthetic.hostile import hostile_images
+
+    data = hostile_images()["huge-1bit.png"][0]
+    assert len(data) < 64 << 10
+    spec = FilterSpec(max_decode_pixels=200_000_000, max_pixels=50_000_000)
+    budget = DecodeBudget(1 << 40)
+    got = inspect_image(data, spec, budget)
+    assert isinstance(got, Drop) and got.reason == "image_too_large"
+    assert budget.peak == 0  # nothing was decoded
+
+
+def test_concurrent_decodes_are_bounded_by_pixels():
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = images()["large"]  # 1600x1200 JPEG, decoded at 1/8 scale (200x150) for the hash
+    png = encode(smooth_image(3, 800, 600), "PNG")  # 480,000 pixels, decoded whole
+    budget = DecodeBudget(1_000_000)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda d: inspect_image(d, F, budget), [data, png] * 8))
+    assert all(isinstance(g, ImageInfo) for g in got)
+    assert 480_000 <= budget.peak <= 1_000_000 and budget.in_use == 0
+    alone = DecodeBudget(100)  # smaller than one image: it still decodes, alone
+    assert isinstance(inspect_image(png, F, alone), ImageInfo) and alone.peak == 480_000
+
+
+@pytest.mark.parametrize(
+    ("caption", "lang"),
+    [("一只黑色的猫坐在窗台上看着外面的雨", "zh"), ("窓辺に座っている黒い猫が雨を見ている", "ja"),
+     ("แมวดำนั่งอยู่บนขอบหน้าต่างมองดูฝน", "th")],
+)  # fmt: skip
+def test_captions_without_spaces_count_their_characters_as_words(caption, lang):
+    spec = FilterSpec(languages=[lang], caption_min_words=2)
+    assert check_caption(caption, spec) is None
+    assert check_language(caption, spec)[0] is None
+    assert check_caption("猫", FilterSpec(caption_min_chars=1)).reason == "caption_too_few_words"
+    two = check_caption("東京 tower", FilterSpec(caption_max_words=2))
+    assert two.reason == "caption_too_many_words" and "3 words" in two.detail  # 東, 京, tower
+
+
+def test_damaged_images_of_every_format_are_rejected_not_raised():
+    """Random bytes flipped and cuts in each image the crawl server serves (AVIF's decoder
+    raises RuntimeError, TIFF's struct.error, ...): every result is an ImageInfo or a Drop."""
+    import random
+
+    from neo_data.synthetic.hostile import hostile_images
+
+    rng = random.Random(0)
+    pool = [v for k, v in images().items() if k not in ("bomb", "large")]
+    pool += [v for k, (v, _) in hostile_images().items() if k != "huge-1bit.png"]
+    spec = FilterSpec(min_side=8, min_pixels=64, max_decode_pixels=4_000_000)
+    reasons = set()
+    for data in pool:
+        for _ in range(25):
+            b = bytearray(data)
+            for _ in range(rng.randint(1, 8)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            got = inspect_image(
+                bytes(b[: rng.randrange(len(b))] if rng.random() < 0.3 else b), spec
+            )
+            assert isinstance(got, ImageInfo | Drop)
+            reasons.add(got.reason if isinstance(got, Drop) else "kept")
+    assert {"kept", "image_decode_error"} <= reasons

@@ -356,3 +356,23 @@ def test_an_empty_input_file_comes_out_empty(ray_local, tmp_path):
     result = run_recaption(m)
     assert result.report["totals"]["rows"] == 0
     assert pq.read_table(tmp_path / "out" / "samples" / "empty.parquet").num_rows == 0
+
+
+def test_a_changed_or_shifted_input_is_refused_not_skipped(ray_local, tmp_path):
+    """Markers are found by output name: a file rewritten under its name, or a new folder
+    listed first (which takes the name), must not reuse the old marker for other rows."""
+    (tmp_path / "y").mkdir()
+    write_curated(str(tmp_path / "y" / "part.parquet"), [])
+    out = tmp_path / "out"
+    run_recaption(manifest(tmp_path / "y", out, tmp_path / "never-loaded"))
+    (out / "report.json").unlink()  # as if killed before the report
+    (tmp_path / "x").mkdir()
+    write_curated(str(tmp_path / "x" / "part.parquet"), [caption_row(0, "a", [picture(0)])])
+    m = manifest(tmp_path / "x", out, tmp_path / "never-loaded")
+    both = m.recaption.model_copy(update={"input": [str(tmp_path / "x"), str(tmp_path / "y")]})
+    shifted = m.model_copy(update={"recaption": both})
+    with pytest.raises(OutputConflict, match=r"x/part\.parquet \(1 rows"):
+        run_recaption(shifted)
+    write_curated(str(tmp_path / "y" / "part.parquet"), [caption_row(0, "a", [picture(0)])])
+    with pytest.raises(OutputConflict, match="the inputs changed"):
+        run_recaption(manifest(tmp_path / "y", out, tmp_path / "never-loaded"))

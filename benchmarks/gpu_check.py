@@ -384,8 +384,8 @@ def table(report: dict) -> str:
                          (f"batch {b} prefill s", f(g["prefill_s"])),
                          (f"batch {b} peak GiB", f(g["peak_gib"]))]  # fmt: skip
         elif name == "cuda_tests":
-            rows = [(("collected" if r["collect_only"] else "ran") + f" ({r['returncode']})",
-                     r["summary"][:14])]  # fmt: skip
+            rows = [(("collected" if r["collect_only"] else "ran") + f", exit {r['returncode']}: "
+                     + r["summary"], "")]  # fmt: skip
         for i, (what, value) in enumerate(rows):
             lines.append(f"{name if i == 0 else '':<22}{what:<44}{value:>14}")
     return "\n".join(lines)

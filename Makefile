@@ -9,7 +9,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: setup demo test lint bench clean browser
+.PHONY: setup demo test lint bench clean browser gpu-check
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pack.py
+
+# One H100/H200, torch + transformers (no Ray), < 8 min: one JSON and a table
+# (benchmarks/gpu_check.py; --dry-run runs the same code on CPU in the test suite).
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/gpu_check.py --out runs/gpu_check
 
 clean:
 	rm -rf runs .pytest_cache

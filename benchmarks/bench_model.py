@@ -78,7 +78,7 @@ import torch
 
 from neo_data.encoding.tokens import render_turns, user_content
 from neo_model import config as neo_config
-from neo_model.attention import FLEX_BLOCK, attend, build_mask
+from neo_model.attention import FLEX_BLOCK, build_mask
 from neo_model.generate import Prompt, SamplingParams, generate
 from neo_model.synthetic_pack import (
     QUESTIONS,
@@ -89,7 +89,7 @@ from neo_model.synthetic_pack import (
     tokenizer_or_chars,
 )
 from neo_model.testing import random_neo
-from neo_model.timing import free_memory, sync, time_per_call
+from neo_model.timing import attention_step, free_memory, sync, time_per_call
 from neo_model.train.flops import FlopCount
 
 PRESETS = neo_config.PRESETS
@@ -230,14 +230,7 @@ def bench_attention(cfg, pack: Pack, args, device, dtype) -> list[tuple]:
         n_partial = int(mask.kv_num_blocks.sum())
         full = int(mask.full_kv_num_blocks.sum()) if mask.full_kv_num_blocks is not None else 0
 
-        def step(mask=mask) -> None:
-            if backward:
-                q.grad = k.grad = v.grad = None
-                attend(q, k, v, mask, d**-0.5).backward(grad_out)
-            else:
-                with torch.no_grad():
-                    attend(q, k, v, mask, d**-0.5)
-
+        step = attention_step(q, k, v, mask, d**-0.5, grad_out if backward else None)
         free_memory(device)
         seconds = time_per_call(step, args.steps, args.warmup, device)
         pairs = pack.pairs(pairs_key)

@@ -17,7 +17,7 @@ import torch
 
 from neo_data.encoding.positions import next_t, thw_indices
 from neo_data.encoding.tokens import ENDOFTEXT_ID, IM_END_ID, IMG_CONTEXT_ID
-from neo_model.attention import PAD_SAMPLE
+from neo_model.attention import PAD_SAMPLE, Backend
 from neo_model.cache import KVCache
 from neo_model.model import NeoChatModel
 
@@ -44,11 +44,14 @@ class SamplingParams:
 
 @torch.no_grad()
 def generate(
-    model: NeoChatModel, prompts: Sequence[Prompt], params: SamplingParams | None = None
+    model: NeoChatModel,
+    prompts: Sequence[Prompt],
+    params: SamplingParams | None = None,
+    prefill_backend: Backend | None = None,
 ) -> list[list[int]]:
     """Generate for a batch of prompts; returns each row's new tokens, up to (without) the stop token."""
     out: list[list[int]] = [[] for _ in prompts]
-    for tokens in generate_steps(model, prompts, params):
+    for tokens in generate_steps(model, prompts, params, prefill_backend):
         for row, token in zip(out, tokens, strict=True):
             if token is not None:
                 row.append(token)
@@ -57,11 +60,18 @@ def generate(
 
 @torch.no_grad()
 def generate_steps(
-    model: NeoChatModel, prompts: Sequence[Prompt], params: SamplingParams | None = None
+    model: NeoChatModel,
+    prompts: Sequence[Prompt],
+    params: SamplingParams | None = None,
+    prefill_backend: Backend | None = None,
 ) -> Iterator[list[int | None]]:
     """:func:`generate` one step at a time: yields, per step, each row's new token (``None``
     for a row that has stopped, the step its stop token came and after). Streaming servers
-    read it token by token; it ends when every row has stopped or after ``max_new_tokens``."""
+    read it token by token; it ends when every row has stopped or after ``max_new_tokens``.
+
+    The prefill computes logits at the last position only and never a dense ``L x L`` mask:
+    ``prefill_backend`` None is the model's default, FlexAttention with the block mask on CUDA,
+    ``sdpa_segments`` elsewhere. Decoding steps use SDPA with their ``[B, 1, 1, S]`` mask."""
     params = params or SamplingParams()
     device = model.language_model.lm_head.weight.device
     factor = model.config.image_factor
@@ -77,7 +87,10 @@ def generate_steps(
 
     cache = KVCache()
     generator = torch.Generator(device=device).manual_seed(params.seed)
-    logits = model(**batch, pixel_values=images, cache=cache, backend="sdpa").logits[:, -1]
+    prefill = model(
+        **batch, pixel_values=images, cache=cache, backend=prefill_backend, logits_to_keep=1
+    )
+    logits = prefill.logits[:, -1]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     ones = torch.ones(len(prompts), 1, dtype=torch.long, device=device)
     for _ in range(params.max_new_tokens):
@@ -123,7 +136,7 @@ def _choose(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
 ) -> torch.Tensor:
     """Next token ``[B]`` from last-position logits ``[B, vocab]``."""
-    logits = logits.float()
+    logits = logits.float().clone()  # the caller's tensor stays as it is
     logits[:, IMG_CONTEXT_ID] = -torch.inf  # image tokens only come with pixels, never generated
     if params.temperature <= 0:
         return logits.argmax(dim=-1)

@@ -340,6 +340,7 @@ class NeoChatModel(nn.Module):
         backend: Backend | None = None,
         cache: KVCache | None = None,
         loss_weights: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> NeoOutput:
         """Logits (and loss) for ``[B, L]`` tokens, e.g. the columns of packed shard rows.
 
@@ -357,13 +358,16 @@ class NeoChatModel(nn.Module):
                 ``"sample_sqrt"`` (each sample's tokens weighted 1/sqrt(its supervised count),
                 as the released training code does); the loss is the weighted mean.
             backend: ``"sdpa"``, ``"sdpa_segments"`` or ``"flex"``; default flex on CUDA,
-                sdpa_segments elsewhere (sdpa with a KV cache past the prompt).
+                sdpa_segments elsewhere (either way sdpa with a KV cache past the prompt).
             cache: a :class:`KVCache` to extend (generation); positions continue after it.
             loss_weights: ``[B, L]`` per-token weights (:func:`neo_model.loss.loss_weights`)
                 with ``labels``: the training path. Returns ``loss = sum_i w_i CE_i`` (not
                 divided) and no logits; the vocabulary projection runs only at weighted
                 positions, in chunks recomputed in the backward pass, so ``[tokens, vocab]``
                 logits never exist at once (150k-word vocabularies dominate memory otherwise).
+            logits_to_keep: > 0: logits of the last ``logits_to_keep`` positions only,
+                ``[B, logits_to_keep, vocab]`` (as in transformers; prefill needs one, not a
+                ``[B, L, vocab]`` tensor); 0: every position. Not with ``labels``.
         """
         if sample_ids is not None and cu_seqlens is not None:
             raise ValueError("pass sample_ids or cu_seqlens, not both")
@@ -373,10 +377,11 @@ class NeoChatModel(nn.Module):
             else:
                 sample_ids = torch.zeros_like(input_ids, dtype=torch.long)
         sample_ids = sample_ids.to(input_ids.device)
+        if logits_to_keep and labels is not None:
+            raise ValueError("logits_to_keep drops positions the loss needs; pass labels or it")
         if backend is None:
-            backend = (
-                "flex" if input_ids.device.type == "cuda" and cache is None else "sdpa_segments"
-            )
+            prompt = cache is None or cache.length == 0
+            backend = "flex" if input_ids.device.type == "cuda" and prompt else "sdpa_segments"
 
         inputs_embeds = self.embed(input_ids, pixel_values)
         rope = NativeRope.build(self.config, t_index, h_index, w_index)
@@ -399,6 +404,8 @@ class NeoChatModel(nn.Module):
                 loss_weights[at].float(),
             )
             return NeoOutput(logits=None, loss=loss)
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.language_model.lm_head(hidden_states)
         loss = None
         if labels is not None:

@@ -47,3 +47,27 @@ def free_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def attention_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask,
+    scale: float,
+    grad_out: torch.Tensor | None = None,
+) -> Callable[[], None]:
+    """One ``neo_model.attention.attend`` call over fixed inputs, to time: forward + backward
+    into ``q`` / ``k`` / ``v`` with ``grad_out``, forward only without (FlexAttention has no
+    backward on CPU)."""
+    from neo_model.attention import attend
+
+    def step() -> None:
+        if grad_out is not None:
+            q.grad = k.grad = v.grad = None
+            attend(q, k, v, mask, scale).backward(grad_out)
+        else:
+            with torch.no_grad():
+                attend(q, k, v, mask, scale)
+
+    return step

@@ -3,6 +3,7 @@ draws from the tempered, top-k-truncated softmax."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 from types import SimpleNamespace
@@ -180,3 +181,93 @@ def test_every_cached_step_gives_the_logits_of_a_full_forward(debug_model, promp
             torch.testing.assert_close(
                 logits[row], full.logits[0, n - 1 + step], rtol=1e-4, atol=1e-4
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# The prefill: last-position logits only, no L x L mask
+# ---------------------------------------------------------------------------------------------
+
+
+def old_prefill_logits(model, prompts: list[Prompt]) -> torch.Tensor:
+    """The former prefill, as reference: the left-padded batch through the dense SDPA mask with
+    logits at every position; the last one ``[B, vocab]``."""
+    factor = model.config.image_factor
+    length = max(len(p.input_ids) for p in prompts)
+    cols = {k: torch.zeros(len(prompts), length, dtype=torch.long) for k in ("t", "h", "w")}
+    ids = torch.full((len(prompts), length), 151643)
+    ordinal = torch.full((len(prompts), length), -1)
+    sample = torch.full((len(prompts), length), -1)
+    for i, p in enumerate(prompts):
+        grids = [(img.shape[1] // factor, img.shape[2] // factor) for img in p.images]
+        n = len(p.input_ids)
+        t, h, w, o = (torch.from_numpy(a).long() for a in thw_indices(p.input_ids, grids))
+        ids[i, length - n :] = torch.as_tensor(np.asarray(p.input_ids))
+        for k, v in zip("thw", (t, h, w), strict=True):
+            cols[k][i, length - n :] = v
+        ordinal[i, length - n :], sample[i, length - n :] = o, 0
+    images = [img for p in prompts for img in p.images]
+    with torch.no_grad():
+        out = model(ids, cols["t"], cols["h"], cols["w"], ordinal, sample_ids=sample,
+                    pixel_values=images, backend="sdpa")  # fmt: skip
+    return out.logits[:, -1]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("backend", [None, "flex"])
+def test_prefill_keeps_only_last_logits_and_builds_no_square_mask(
+    debug_model, prompts, monkeypatch, backend
+):
+    """Batch of image+text prompts of different lengths: the prefill's logits are ``[B, 1,
+    vocab]``, equal the former full-logits dense-mask prefill at the last position, no mask
+    bigger than one query row is built, and greedy tokens equal the uncached recomputation."""
+    import neo_model.attention as attention
+
+    made: list[tuple[int, int]] = []
+    create_mask = attention.create_mask
+
+    def recording(mod, b, h, q_len, kv_len, device=None):
+        made.append((q_len, kv_len))
+        return create_mask(mod, b, h, q_len, kv_len, device)
+
+    monkeypatch.setattr(attention, "create_mask", recording)
+    logits: list[torch.Tensor] = []
+    hook = debug_model.language_model.lm_head.register_forward_hook(
+        lambda module, args, out: logits.append(out.clone())
+    )
+    try:
+        params = SamplingParams(max_new_tokens=3, stop_id=-1)
+        tokens = generate(debug_model, prompts, params, prefill_backend=backend)
+    finally:
+        hook.remove()
+    assert logits[0].shape == (len(prompts), 1, debug_model.config.vocab_size)
+    assert made and all(q_len == 1 for q_len, _ in made), made  # decoding steps only
+    torch.testing.assert_close(logits[0][:, 0], old_prefill_logits(debug_model, prompts))
+    if backend == "flex":  # the default path's tokens: test_cached_generation_equals_...
+        assert tokens == [uncached_greedy(debug_model, p, 3) for p in prompts]
+
+
+def test_logits_to_keep_refuses_labels(debug_model, prompts):
+    ids = torch.as_tensor(np.asarray(prompts[1].input_ids))[None]
+    zeros = torch.zeros_like(ids)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        debug_model(ids, zeros, zeros, zeros, zeros - 1, labels=ids, logits_to_keep=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_prefill_with_the_block_mask_equals_the_dense_prefill(debug_model, prompts):
+    """On CUDA the prefill defaults to compiled FlexAttention with the block mask; its
+    last-position logits (fp32) equal the former dense-mask prefill's on the CPU."""
+
+    model = copy.deepcopy(debug_model).cuda()
+    model.language_model.tie_weights()
+    logits: list[torch.Tensor] = []
+    hook = model.language_model.lm_head.register_forward_hook(
+        lambda module, args, out: logits.append(out.detach().cpu())
+    )
+    try:
+        generate(model, prompts, SamplingParams(max_new_tokens=1, stop_id=-1))
+    finally:
+        hook.remove()
+    expected = old_prefill_logits(debug_model, prompts)
+    torch.testing.assert_close(logits[0][:, 0], expected, rtol=1e-3, atol=1e-3)

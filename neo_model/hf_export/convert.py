@@ -24,7 +24,7 @@ from neo_data.manifest import Manifest
 from neo_model.config import NeoConfig
 from neo_model.hf_export import write_hf_extras
 from neo_model.model import NeoChatModel
-from neo_model.train.checkpoint import TRAINER_STATE, get_dir, put_dir
+from neo_model.train.checkpoint import TRAINER_STATE, local_dir, put_dir
 from neo_model.train.stages import stage_config
 from neo_model.weights import CONFIG_NAME, from_pretrained, save_pretrained
 
@@ -67,24 +67,24 @@ def export_checkpoint(
 ) -> NeoConfig:
     """Write ``source`` (an export or a training checkpoint, local or ``s3://``) to ``out`` as a
     complete Hugging Face folder; returns the model's config. Raises :class:`ExportError`."""
-    local = get_dir(source)
-    if (local / CONFIG_NAME).exists():
-        try:
-            model = from_pretrained(local)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise ExportError(f"checkpoint {source}: not a NEO checkpoint ({e})") from e
-    elif (local / TRAINER_STATE).exists():
-        if manifest is None:
+    with local_dir(source) as local:
+        if (local / CONFIG_NAME).exists():
+            try:
+                model = from_pretrained(local)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                raise ExportError(f"checkpoint {source}: not a NEO checkpoint ({e})") from e
+        elif (local / TRAINER_STATE).exists():
+            if manifest is None:
+                raise ExportError(
+                    f"checkpoint {source} is a training checkpoint ({TRAINER_STATE}); pass the "
+                    "run's manifest (--manifest) so the model's config is known"
+                )
+            model = read_train_state(local, manifest)
+        else:
             raise ExportError(
-                f"checkpoint {source} is a training checkpoint ({TRAINER_STATE}); pass the "
-                "run's manifest (--manifest) so the model's config is known"
+                f"checkpoint {source}: neither an export ({CONFIG_NAME}) nor a training checkpoint "
+                f"({TRAINER_STATE})"
             )
-        model = read_train_state(local, manifest)
-    else:
-        raise ExportError(
-            f"checkpoint {source}: neither an export ({CONFIG_NAME}) nor a training checkpoint "
-            f"({TRAINER_STATE})"
-        )
     with tempfile.TemporaryDirectory(prefix="neo-export-") as tmp:
         save_pretrained(model, tmp)
         write_hf_extras(tmp, model.config, tokenizer)

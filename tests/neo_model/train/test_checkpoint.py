@@ -14,6 +14,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard
 
 from neo_model.config import debug
+from neo_model.hf_export import write_hf_extras
 from neo_model.model import NeoChatModel
 from neo_model.train.checkpoint import TRAINER_STATE, FsspecStore, export
 from neo_model.weights import save_pretrained
@@ -74,6 +75,7 @@ def test_export_builds_no_random_model_and_writes_the_files_of_a_random_init_the
     reference = NeoChatModel(cfg)  # the old path: random init, then load
     reference.load_state_dict({k: v.float() for k, v in full.items()})
     save_pretrained(reference, tmp_path / "reference")
+    write_hf_extras(str(tmp_path / "reference"), cfg)  # every export is a complete HF folder
 
     inits = []
     real_init = torch.nn.init.kaiming_uniform_

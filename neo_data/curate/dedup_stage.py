@@ -3,8 +3,9 @@
 The rule and the per-partition array functions live in :mod:`neo_data.curate.dedup`; this module
 cuts the run into tasks and files under ``<output>/_work/dedup/``::
 
-    1. map      one task per **group** of consecutive units (at most ``curate.dedup.
-                partition_rows`` rows): reads the candidates' keys (no image bytes), writes
+    1. map      one task per **group** of consecutive units (``curate.dedup.partition_rows``
+                key rows: 1 + K per candidate, K near keys): reads the candidates' keys (no
+                image bytes), writes
                 map/<g>-exact.parquet  (partition, exact key, order)
                 map/<g>-near.parquet   (partition, band key, value, order, hash, threshold)
                 sorted by partition, then map/<g>.json (done)
@@ -112,11 +113,12 @@ def plan_dedup(spec: CurateSpec, units: list[Unit]) -> DedupPlan:
     max_t = max((f.near_dedup_threshold for f in filters if f.near_dedup), default=0)
     scheme = BandScheme(max_t, spec.dedup.bands_per_key)
     limit = spec.dedup.partition_rows
+    per_group = max(1, limit // (1 + scheme.num_keys))  # each candidate: 1 + K key rows
     groups: list[list[Unit]] = []
     rows = 0
     for u in units:
         n = u.stop - u.start
-        if not groups or rows + n > limit:
+        if not groups or rows + n > per_group:
             groups.append([])
             rows = 0
         groups[-1].append(u)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 import imagehash
-import pytest
 import numpy as np
+import pytest
 from PIL import Image
 
 from neo_data.curate.dedup import (  # noqa: E402

@@ -94,7 +94,7 @@ def _as_expected(items: list[DedupItem]) -> dict[str, dict]:
 
 @pytest.mark.parametrize(
     ("partition_rows", "bands_per_key", "workers"),
-    [(100_000, 2, 1), (150, 2, 2), (333, 1, 2)],
+    [(100_000, 2, 1), (400, 2, 2), (333, 1, 2)],
 )
 def test_stage_equals_the_brute_force_rule(
     inputs, tmp_path, ray_local, partition_rows, bands_per_key, workers
@@ -107,14 +107,14 @@ def test_stage_equals_the_brute_force_rule(
     reasons = {d["reason"] for d in got.values()}
     assert reasons == {"duplicate_exact", "duplicate_near"}
     assert any(d["sample_id"].split("-")[0] != d["of"].split("-")[0] for d in got.values())
-    if partition_rows == 150:  # several groups and partitions really ran
+    if partition_rows == 400:  # several groups and partitions really ran
         assert len(list((tmp_path / DEDUP_DIR / "decided").glob("*.parquet"))) > 3
         assert len(list((tmp_path / DEDUP_DIR / "part").glob("*.parquet"))) > 20
 
 
 def test_resume_redoes_only_missing_tasks_and_writes_the_same(inputs, tmp_path, ray_local):
     _, units, _ = inputs
-    spec = _spec(150)
+    spec = _spec(400)
     first = _decide(units, tmp_path, spec, 2)
     work = tmp_path / DEDUP_DIR
     decided = {p.name: p.read_bytes() for p in (work / "decided").glob("*.parquet")}

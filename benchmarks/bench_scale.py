@@ -233,7 +233,13 @@ def run_dedup_stage(n: int, tmp: Path, workers: int) -> dict:
         t0 = time.perf_counter()
         _, stats = run_dedup(spec, units, lambda u: u.file, str(tmp / "out"), _run_bounded, workers)
         wall = time.perf_counter() - t0
-    return _row(s, wall, n, pairs=stats.get("dedup_pairs"), partitions=stats["dedup_partitions"])
+    return _row(
+        s,
+        wall,
+        n,
+        duplicates=stats.get("dedup_duplicates_decided"),
+        partitions=stats["dedup_partitions"],
+    )
 
 
 def run_pack_stage(n: int, tmp: Path, workers: int) -> dict:

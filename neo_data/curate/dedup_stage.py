@@ -326,7 +326,7 @@ def run_dedup(
         lambda p: task.remote(p, starts, output), todo("part", range(plan.partitions)), workers
     )
     rss += [m["max_rss_mib"] for m in out]
-    stats["dedup_pairs"] = sum(m["pairs"] for m in out)
+    stats["dedup_pair_rows"] = sum(m["pairs"] for m in out)  # a sample: once per partition
     task = ray.remote(resolve_group).options(num_cpus=1)
     per_unit = spec.download.rows_per_task
     out = run_bounded(
@@ -335,6 +335,7 @@ def run_dedup(
         workers,
     )
     rss += [m["max_rss_mib"] for m in out]
+    stats["dedup_duplicates_decided"] = sum(m["duplicates"] for m in out)
     stats["dedup_max_worker_rss_mib"] = max(rss, default=0.0)
     return plan, stats
 

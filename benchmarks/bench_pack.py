@@ -1,6 +1,6 @@
 """Pack benchmarks: throughput against bare Pillow, draft decoding, fill, image encodings.
 
-    .venv/bin/python benchmarks/bench_pack.py [--images 1000] [--large 48] [--workers 2]
+    .venv/bin/python benchmarks/bench_pack.py [--images 1000] [--large 32] [--workers 2]
 
 Prints four tables. Ratios are against baselines measured in the same run on the same cores:
 ``--images`` photo-like JPEGs of 256..2048 px a side (the pretrain budget keeps them near their
@@ -255,7 +255,7 @@ def bench_encodings(images: list[bytes]) -> list[tuple[str, float, float, float]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--large", type=int, default=48, help="camera-size JPEGs (draft decoding)")
+    ap.add_argument("--large", type=int, default=32, help="camera-size JPEGs (draft decoding)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
     images = make_images(args.images)

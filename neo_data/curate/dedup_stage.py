@@ -31,6 +31,7 @@ import resource
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -97,7 +98,7 @@ class DedupPlan:
     partitions: int
     scheme: BandScheme
 
-    @property
+    @cached_property
     def starts(self) -> list[int]:
         """The order key where each group starts (groups are in order)."""
         return [order_key(g[0].source, g[0].first_row) for g in self.groups]

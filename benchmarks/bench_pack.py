@@ -1,8 +1,12 @@
-"""Pack benchmarks: throughput against bare Pillow, fill on a realistic mix, image encodings.
+"""Pack benchmarks: throughput against bare Pillow, draft decoding, fill, image encodings.
 
-    .venv/bin/python benchmarks/bench_pack.py [--images 240] [--workers 2]
+    .venv/bin/python benchmarks/bench_pack.py [--images 1000] [--large 32] [--workers 2]
 
-Prints three tables. Ratios are against baselines measured in the same run on the same cores.
+Prints four tables. Ratios are against baselines measured in the same run on the same cores:
+``--images`` photo-like JPEGs of 256..2048 px a side (the pretrain budget keeps them near their
+size) through bare Pillow, the per-sample encoder and the whole pack job on Ray; ``--large``
+camera-size JPEGs (3000..6000 px) through bare Pillow and the encoder, whose draft decoding
+(DCT-domain downscale) changes pixels: its PSNR against the full decode is printed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,13 @@ import numpy as np
 from PIL import Image
 
 from neo_data.encoding.encode import EncodeSettings, SampleEncoder
-from neo_data.encoding.images import MAX_DECODE_PIXELS, ImageEncoding, encode_image, smart_resize
+from neo_data.encoding.images import (
+    MAX_DECODE_PIXELS,
+    ImageEncoding,
+    encode_image,
+    prepare_image,
+    smart_resize,
+)
 from neo_data.encoding.tokens import load_tokenizer
 from neo_data.pack.packing import choose_groups
 from neo_data.synthetic.lengths import realistic_mix
@@ -44,10 +54,11 @@ def photo_like(rng: np.random.Generator, w: int, h: int) -> bytes:
     return buf.getvalue()
 
 
-def make_images(n: int, seed: int = 0) -> list[bytes]:
+def make_images(n: int, seed: int = 0, sides: tuple[int, int] = (256, 2048)) -> list[bytes]:
     rng = np.random.default_rng(seed)
+    lo, hi = sides
     return [
-        photo_like(rng, int(rng.integers(256, 2049)), int(rng.integers(256, 2049)))
+        photo_like(rng, int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)))
         for _ in range(n)
     ]
 
@@ -129,6 +140,31 @@ def bench_throughput(images: list[bytes], workers: int) -> list[tuple[str, float
         ray.shutdown()
     out.append(("neo pack job on Ray (end to end)", len(images) / job, base / job))
     return out
+
+
+def bench_draft(images: list[bytes], workers: int) -> tuple[list[tuple[str, float, float]], float]:
+    """Large JPEGs: bare Pillow (full decode + resize) against the encoder (draft decode +
+    resize + encode); and the PSNR of draft + resize against full decode + resize."""
+    base = timed_pool(bare_pillow, images, workers)
+    enc = timed_pool(neo_prepare, images, workers)
+    psnrs = []
+    for data in images[:16]:
+        full = Image.open(io.BytesIO(data)).convert("RGB")
+        h, w = smart_resize(full.height, full.width, MIN_PIXELS, MAX_PIXELS)
+        ref = np.asarray(full.resize((w, h), Image.Resampling.BICUBIC), np.float64)
+        out = prepare_image(data, MIN_PIXELS, MAX_PIXELS, ImageEncoding("png"))
+        got = np.asarray(Image.open(io.BytesIO(out.data)).convert("RGB"), np.float64)
+        mse = ((got - ref) ** 2).mean()
+        psnrs.append(99.0 if mse == 0 else 10 * np.log10(255**2 / mse))
+    rows = [
+        ("bare Pillow decode+resize", len(images) / base, 1.0),
+        ("neo prepare_image (draft), jpeg 4:4:4", len(images) / enc, base / enc),
+    ]
+    return rows, float(min(psnrs))
+
+
+def neo_prepare(data: bytes) -> int:
+    return prepare_image(data, MIN_PIXELS, MAX_PIXELS, ImageEncoding()).width
 
 
 def bench_fill() -> list[tuple[str, int, int, float, float]]:
@@ -218,7 +254,8 @@ def bench_encodings(images: list[bytes]) -> list[tuple[str, float, float, float]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=240)
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--large", type=int, default=32, help="camera-size JPEGs (draft decoding)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
     images = make_images(args.images)
@@ -229,6 +266,13 @@ def main() -> None:
     print(f"{'pack throughput':<40}{'images/s':>10}{'vs Pillow':>11}")
     for name, rate, ratio in bench_throughput(images, args.workers):
         print(f"{name:<40}{rate:>10.1f}{ratio:>11.2f}")
+
+    large = make_images(args.large, seed=1, sides=(3000, 6000))
+    rows, psnr = bench_draft(large, args.workers)
+    print(f"\n{f'{args.large} JPEGs of 3000..6000 px':<40}{'images/s':>10}{'vs Pillow':>11}")
+    for name, rate, ratio in rows:
+        print(f"{name:<40}{rate:>10.1f}{ratio:>11.2f}")
+    print(f"draft + resize vs full decode + resize: PSNR >= {psnr:.1f} dB (worst of 16)")
 
     print(f"\n{'fill (first-fit decreasing)':<44}{'packs':>8}{'fill':>9}{'seconds':>9}")
     for name, packs, _, fill, dt in bench_fill():

@@ -6,8 +6,9 @@ one source file, :mod:`neo_data.curate.plan`)::
     1. curate   fetch images (threads inside the task), decode, filter, hash
                 -> _work/units/<unit>.parquet (candidates), rejected/<unit>.parquet,
                    then _work/units/<unit>.json (the unit's completion marker, with its counts)
-    2. dedup    exact (sha256) and near (perceptual hash) duplicates across the whole run,
-                decided once on the driver from the candidates' keys -> _work/dedup.parquet
+    2. dedup    exact (sha256) and near (perceptual hash) duplicates across the whole run:
+                Ray tasks over hash-partitioned key files -> _work/dedup/decided/<group>.parquet
+                (:mod:`neo_data.curate.dedup_stage`; the rule: :mod:`neo_data.curate.dedup`)
     3. finalize candidates minus duplicates -> samples/<unit>.parquet,
                 duplicates -> rejected/<unit>-dedup.parquet, then _work/final/<unit>.json
     4. report   report.json (written last: the commit point) and a printed table
@@ -57,7 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from neo_data.curate.dedup import DedupItem, find_duplicates
+from neo_data.curate.dedup_stage import remove_work, run_dedup, unit_duplicates
 from neo_data.curate.fetch import img2dataset_downloader
 from neo_data.curate.plan import Unit, curate_spec_of, plan_units, spec_hash
 from neo_data.curate.report import REPORT_NAME, make_report, verify_report
@@ -69,7 +70,7 @@ from neo_data.curate.resume import (
     recount,
     verify_against_outputs,
 )
-from neo_data.curate.rows import RowContext, process_row, sample_id
+from neo_data.curate.rows import RowContext, process_row
 from neo_data.curate.sources import read_rows
 from neo_data.format.schema import CURATED_SCHEMA, REJECTED_DIR, WORK_DIR
 from neo_data.format.storage import (
@@ -182,66 +183,14 @@ def _write_or_remove(fs, path: str, table: pa.Table | None, row_group: int | Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 2: duplicates across the run (driver)
-# ---------------------------------------------------------------------------------------------
-
-DEDUP_SCHEMA = pa.schema(
-    [
-        pa.field("sample_id", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("of", pa.string()),
-        pa.field("distance", pa.int32()),
-    ]
-)
-
-
-def decide_duplicates(spec: CurateSpec, units: list[Unit], output: str) -> dict[str, dict]:
-    """Sample id -> duplicate decision, from every unit's candidate keys (read in parallel,
-    without image bytes), in source order then row order. Saved once in _work/dedup.parquet."""
-    fs, root = url_to_fs(output)
-    path = join(root, WORK_DIR, "dedup.parquet")
-    if fs.exists(path):
-        with fs.open(path, "rb") as f:
-            return {r["sample_id"]: r for r in pq.read_table(f).to_pylist()}
-
-    def keys(unit: Unit) -> pa.Table:
-        with fs.open(_paths(root, unit.unit_id)["candidates"], "rb") as f:
-            t = pq.read_table(f, columns=["sample_id", "kind", "row", "_dedup_key", "_phash"])
-        return t.append_column("_source", pa.array([unit.source] * t.num_rows, pa.int32()))
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        tables = list(pool.map(keys, units))
-    rows = pa.concat_tables(tables).sort_by([("_source", "ascending"), ("row", "ascending")])
-    filters = [spec.source_filters(s) for s in spec.sources]
-    items = [
-        DedupItem(
-            r["sample_id"],
-            r["_dedup_key"],
-            r["_phash"],
-            filters[r["_source"]].near_dedup_threshold
-            if filters[r["_source"]].near_dedup and r["_phash"] is not None
-            else None,
-        )
-        for r in rows.to_pylist()
-    ]
-    dups = find_duplicates(items)
-    decided = [
-        {"sample_id": sid, "reason": d.reason, "of": d.of, "distance": d.distance}
-        for sid, d in sorted(dups.items())
-    ]
-    atomic_write(
-        fs, path, table_to_parquet_bytes(pa.Table.from_pylist(decided, schema=DEDUP_SCHEMA))
-    )
-    return {d["sample_id"]: d for d in decided}
-
-
-# ---------------------------------------------------------------------------------------------
 # Stage 3: finalize a unit (Ray task)
 # ---------------------------------------------------------------------------------------------
 
 
-def finalize_unit(unit: Unit, dups: dict[str, dict], output: str) -> dict[str, Any]:
-    """Candidates minus duplicates -> samples/; duplicates -> rejected/ with what they repeat."""
+def finalize_unit(unit: Unit, group: int, names: list[str], output: str) -> dict[str, Any]:
+    """Candidates minus duplicates (decided for dedup ``group``) -> samples/; duplicates ->
+    rejected/ with the sample they repeat."""
+    dups = unit_duplicates(output, group, unit, names)
     fs, root = url_to_fs(output)
     p = _paths(root, unit.unit_id)
     with fs.open(p["candidates"], "rb") as f:
@@ -320,14 +269,15 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
     _run_bounded(lambda u: curate_task.remote(spec_json, u, output), todo, workers)
     t_curate = time.perf_counter() - t0
 
-    dups = decide_duplicates(spec, units, output)
+    paths = lambda u: _paths(root, u.unit_id)["candidates"]  # noqa: E731
+    dedup, dedup_stats = run_dedup(spec, units, paths, output, _run_bounded, workers)
     t_dedup = time.perf_counter() - t0 - t_curate
     final_task = ray.remote(finalize_unit).options(num_cpus=0.5)
     finished = done_units(fs, root, "final")
     todo_final = [u for u in units if u.unit_id not in finished]
     names = [s.name for s in spec.sources]
     _run_bounded(
-        lambda u: final_task.remote(u, _unit_dups(dups, u, names[u.source]), output),
+        lambda u: final_task.remote(u, dedup.group_of(u), names, output),
         todo_final,
         workers,
     )
@@ -345,6 +295,7 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
             "finalize_seconds": round(seconds - t_curate - t_dedup, 3),
             "units_run": len(todo),
             "units_resumed": len(units) - len(todo),
+            **dedup_stats,
         },
     )
     verify_report(report)
@@ -372,14 +323,10 @@ def _run_bounded(submit: Callable[[Unit], Any], units: list[Unit], limit: int) -
     return results
 
 
-def _unit_dups(dups: dict[str, dict], unit: Unit, source: str) -> dict[str, dict]:
-    rows = range(unit.first_row, unit.first_row + unit.stop - unit.start)
-    return {sid: dups[sid] for r in rows if (sid := sample_id(source, r)) in dups}
-
-
 def _cleanup(fs, root: str, units: list[Unit]) -> None:
-    """Drop the candidates (a second copy of every image) and temporary files a killed run
-    left behind; markers and dedup decisions stay (small)."""
+    """Drop the candidates (a second copy of every image), the dedup stage's key files and
+    temporary files a killed run left behind; markers and dedup decisions stay (small)."""
+    remove_work(fs, root)
     for u in units:
         path = _paths(root, u.unit_id)["candidates"]
         if fs.exists(path):

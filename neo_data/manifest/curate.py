@@ -140,6 +140,20 @@ class DownloadSpec(Strict):
     )
 
 
+class DedupSpec(Strict):
+    """How the run-wide dedup stage is cut into Ray tasks (``neo_data.curate.dedup_stage``).
+
+    Every task holds at most about ``partition_rows`` key rows (~100 bytes each at its peak):
+    the candidates of the units it reads, or one hash partition of their keys. The driver holds
+    counts only. The decisions do not depend on these values or on the number of workers.
+    """
+
+    partition_rows: Annotated[int, Field(gt=0)] = 2_000_000
+    # near candidates share `bands_per_key` of the hash's bands (the rule in curate/dedup.py):
+    # 1 is plain multi-index hashing (fine below ~10M hashes), 2 keeps buckets small at 1e9
+    bands_per_key: Annotated[int, Field(ge=1, le=4)] = 2
+
+
 class ColumnsSpec(Strict):
     """Names of the input columns; every other column is kept in the sample's ``meta``."""
 
@@ -181,6 +195,7 @@ class CurateSpec(Strict):
     output: str  # directory, local or s3://: samples/, rejected/, report.json, _work/
     filters: FilterSpec = FilterSpec()
     download: DownloadSpec = DownloadSpec()
+    dedup: DedupSpec = DedupSpec()
     sources: list[SourceSpec] = Field(min_length=1)
 
     @model_validator(mode="after")

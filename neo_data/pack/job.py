@@ -1,7 +1,8 @@
-"""The pack job: curated samples -> resolution-bucketed packed shards, on Ray Data.
+"""The pack job: curated samples -> resolution-bucketed packed shards, on Ray actors.
 
 The input's Parquet row groups are work units; consecutive units form **windows** of about
-``pack.window_samples`` samples. One Ray Data task packs one window, start to finish:
+``pack.window_samples`` samples. One call of a :class:`PackWindows` actor (one per CPU, the
+tokenizer loaded once each) packs one window, start to finish:
 
 1. **encode** every row (:class:`~neo_data.encoding.encode.SampleEncoder`: decode, smart
    resize, encode, tokenize, T/H/W); rejected rows go to ``rejected/<unit>.parquet`` with their
@@ -13,7 +14,9 @@ The input's Parquet row groups are work units; consecutive units form **windows*
    completion marker, holding its shard infos and counts).
 
 Image bytes are read once and written once: no intermediate copy, no shuffle. Windows run in
-parallel; a window's fill loss is at most one partial pack per bucket. A rerun after a crash
+parallel, two queued per actor so none waits for the driver between windows (plain actor calls:
+a window is seconds of work, and Ray Data's streaming executor cost a driver core on small
+machines for no gain here); a window's fill loss is at most one partial pack per bucket. A rerun after a crash
 redoes only unfinished windows (their shards come out identical); the index
 (:mod:`neo_data.pack.report`) is written last, and a rerun after success finds it (same manifest
 hash) and does nothing.
@@ -27,7 +30,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -76,7 +78,7 @@ def encode_settings(manifest: Manifest) -> EncodeSettings:
 
 
 class PackWindows:
-    """Ray Data stage: encode, plan and write whole windows; the tokenizer loads once per actor."""
+    """Encode, plan and write whole windows (a Ray actor: the tokenizer loads once per actor)."""
 
     def __init__(self, manifest_json: str, output: str):
         self.manifest = Manifest.model_validate_json(manifest_json)
@@ -86,14 +88,6 @@ class PackWindows:
         )
         self.bounds = [(b.name, b.max_image_tokens) for b in self.pack.buckets]
         self.fs, self.root = url_to_fs(output)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        results = []
-        for payload in batch["window"]:
-            w = json.loads(payload)
-            window = Window(w["index"], [Unit(**u) for u in w["units"]])
-            results.append(json.dumps(self.pack_window(window)))
-        return {"result": results}
 
     def pack_window(self, window: Window) -> dict:
         marker = join(self.root, WORK_DIR, "windows", f"{window.window_id}.json")
@@ -266,24 +260,36 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None) -> PackResul
     windows = plan_windows(plan_units(files), pack.window_samples)
     log.info("pack %s: %d input files, %d windows", manifest.name, len(files), len(windows))
     workers = min(len(windows), concurrency or max(1, int(ray.cluster_resources().get("CPU", 1))))
-    items = [
-        {"window": json.dumps({"index": w.index, "units": [asdict(u) for u in w.units]})}
-        for w in windows
-    ]
-    results = [
-        json.loads(r["result"])
-        for r in ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        .map_batches(
-            PackWindows,
-            fn_constructor_args=(manifest.model_dump_json(), output),
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
-            num_cpus=1,
-        )
-        .take_all()
-    ]
+    results = _pack_windows(manifest, output, windows, max(1, workers))
     results.sort(key=lambda r: r["window"])
     index = make_report(manifest, mhash, results, time.perf_counter() - t0)
     verify_report(index)  # a miscount leaves no index: the dataset stays unfinished
     write_index(fs, root, index)  # the commit point, after every shard
     return PackResult(output, index, skipped=False)
+
+
+def _pack_windows(manifest: Manifest, output: str, windows: list[Window], workers: int) -> list:
+    """Every window through ``workers`` actors, two calls queued on each (the next window is
+    waiting when one ends); a failed window raises here, and the rerun resumes."""
+    import ray
+
+    actor = ray.remote(num_cpus=1)(PackWindows)
+    manifest_json = manifest.model_dump_json()
+    actors = [actor.remote(manifest_json, output) for _ in range(workers)]
+    queue = list(reversed(windows))
+    pending: dict = {}
+    results = []
+    try:
+        for a in actors * 2:
+            if queue:
+                pending[a.pack_window.remote(queue.pop())] = a
+        while pending:
+            [done], _ = ray.wait(list(pending), num_returns=1)
+            a = pending.pop(done)
+            results.append(ray.get(done))
+            if queue:
+                pending[a.pack_window.remote(queue.pop())] = a
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return results

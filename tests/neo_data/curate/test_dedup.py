@@ -6,11 +6,13 @@ import random
 
 import imagehash
 import numpy as np
+import pytest
 from PIL import Image
 
 from neo_data.curate.dedup import (  # noqa: E402
     MASK64,
     DedupItem,
+    Duplicate,
     find_duplicates,
     find_duplicates_brute_force,
     hamming,
@@ -42,9 +44,10 @@ def _clustered_hashes(rng: random.Random, n: int) -> list[int]:
     return out
 
 
-def test_multi_index_equals_brute_force():
-    rng = random.Random(1)
-    for trial in range(20):
+@pytest.mark.parametrize("bands_per_key", [1, 2, 3])
+def test_multi_index_equals_brute_force(bands_per_key):
+    rng = random.Random(bands_per_key)
+    for trial in range(8):
         hashes = _clustered_hashes(rng, 300)
         items = [
             DedupItem(
@@ -55,21 +58,50 @@ def test_multi_index_equals_brute_force():
             )
             for i, h in enumerate(hashes)
         ]
-        fast, slow = find_duplicates(items), find_duplicates_brute_force(items)
+        fast, slow = find_duplicates(items, bands_per_key), find_duplicates_brute_force(items)
         assert fast == slow, trial
         assert any(d.reason == "duplicate_near" for d in fast.values())
 
 
-def test_first_wins_and_dropped_samples_do_not_attract():
+def test_first_wins_and_chains_end_at_a_kept_sample():
     a = 0
     b = 0b111  # 3 bits from a
     c = 0b111111  # 3 bits from b, 6 from a
     items = [DedupItem(n, None, h, 4) for n, h in (("a", a), ("b", b), ("c", c))]
     dups = find_duplicates(items)
     assert dups["b"].of == "a" and dups["b"].distance == 3
-    assert "c" not in dups  # near b only, and b was dropped
+    # c repeats b (the rule looks at pairs, not at earlier decisions); b's own `of` leads on
+    # to a, which is kept
+    assert dups["c"] == Duplicate("duplicate_near", "b", 3) and "a" not in dups
     exact = find_duplicates([DedupItem("x", "k", None, None), DedupItem("y", "k", None, None)])
     assert exact["y"].reason == "duplicate_exact" and exact["y"].of == "x"
+    # exact comes before near, even when a near sample is earlier
+    both = find_duplicates([DedupItem("n", "k1", 1, 4), DedupItem("e", "k2", 0, 4),
+                            DedupItem("z", "k2", 0, 4)])  # fmt: skip
+    assert both["z"] == Duplicate("duplicate_exact", "e", 0)
+    assert both["e"] == Duplicate("duplicate_near", "n", 1)
+
+
+def test_every_chain_of_duplicates_ends_at_a_kept_sample():
+    rng = random.Random(7)
+    items = [DedupItem(f"s{i:04d}", None, h, 6) for i, h in enumerate(_clustered_hashes(rng, 400))]
+    dups = find_duplicates(items)
+    assert len(dups) > 50
+    for sid in dups:
+        seen = sid
+        while seen in dups:
+            nxt = dups[seen].of
+            assert nxt < seen  # strictly earlier
+            seen = nxt
+
+
+def test_a_big_bucket_of_copies_equals_brute_force():
+    """Thousands of copies of few pictures (large buckets go through the blocked path)."""
+    rng = random.Random(3)
+    base = _clustered_hashes(rng, 40)
+    items = [DedupItem(f"s{i:05d}", None, rng.choice(base), rng.choice([None, 3, 9]))
+             for i in range(600)]  # fmt: skip
+    assert find_duplicates(items) == find_duplicates_brute_force(items)
 
 
 def test_a_resized_recompressed_copy_is_near_and_other_pictures_are_not():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
     smart_resize as qwen_smart_resize,
 )
@@ -81,6 +81,38 @@ def test_a_jpeg_already_at_its_target_size_keeps_its_bytes():
     data = _encode(_gradient(512, 256), "JPEG", quality=90)
     out = prepare_image(data, 65536, 4194304, ImageEncoding())
     assert out.data == data and (out.height, out.width) == (256, 512)
+
+
+def test_a_truncated_jpeg_at_its_target_size_is_rejected_not_passed_through():
+    data = _encode(_gradient(512, 256), "JPEG", quality=90)
+    with pytest.raises(ImageRejected) as e:
+        prepare_image(data[: len(data) * 2 // 3], 65536, 4194304, ImageEncoding())
+    assert e.value.reason == "image_decode_error"
+
+
+def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([127 + 60 * np.sin(xx / 37 + c) * np.cos(yy / 53 - c) for c in range(3)], -1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_jpeg_decoded_in_draft_mode_matches_the_full_decode(orientation):
+    """Target at most half the source: DCT-domain downscale first, >= 40 dB against decoding
+    everything and resizing (the peer: Pillow without draft), sides upright."""
+    img = _photo(1600, 1200)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(img, "JPEG", quality=92, exif=exif)
+    out = prepare_image(data, 1024, 256 * 256, ImageEncoding("png"))
+    full = Image.open(io.BytesIO(data))
+    full = ImageOps.exif_transpose(full).convert("RGB")
+    assert (out.height > out.width) == (orientation == 6)
+    ref = np.asarray(full.resize((out.width, out.height), Image.Resampling.BICUBIC), np.float64)
+    back = np.asarray(Image.open(io.BytesIO(out.data)).convert("RGB"), dtype=np.float64)
+    psnr = 10 * np.log10(255**2 / ((back - ref) ** 2).mean())
+    assert 40 < psnr < 80  # draft really ran (not bit-identical) and stays faithful
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])

@@ -47,6 +47,8 @@ def smart_resize(
     Round each side to the nearest multiple of ``factor`` (at least ``factor``); if the area is
     above ``max_pixels`` scale both down by sqrt(area / max_pixels) and floor; if below
     ``min_pixels`` scale up by sqrt(min_pixels / area) and ceil. Aspect above 200 is rejected.
+    The result is never above ``max_pixels`` (for ``max_pixels >= factor**2``): where clamping
+    or ceiling overshoots, the longer side is cut back.
     """
     if height <= 0 or width <= 0:
         raise ImageRejected("image_empty", f"size {width}x{height}")
@@ -65,6 +67,14 @@ def smart_resize(
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        # The 32 px clamp of a thin image and the ceil of an upscale can end above the budget
+        # (where no bucket fits): shorten the longer side to what the budget leaves it.
+        # ``max_pixels`` wins over ``min_pixels``; a budget below one 32x32 token keeps one.
+        if h_bar >= w_bar:
+            h_bar = max(factor, max_pixels // w_bar // factor * factor)
+        else:
+            w_bar = max(factor, max_pixels // h_bar // factor * factor)
     return h_bar, w_bar
 
 
@@ -96,7 +106,12 @@ def open_image(data: bytes, max_decode_pixels: int) -> Image.Image:
         raise ImageRejected("image_empty", "zero bytes")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our cap, checked below before anything is decoded, replaces Pillow's warning (a
+            # cap above its 89.5M px would otherwise be ignored); its error limit is raised
+            # to our cap (only ever up: other decodes keep at least this one's cap).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < max_decode_pixels:
+                Image.MAX_IMAGE_PIXELS = max_decode_pixels // 2 + 1
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > max_decode_pixels:
                 raise ImageRejected(

@@ -71,10 +71,15 @@ def smart_resize(
         # The 32 px clamp of a thin image and the ceil of an upscale can end above the budget
         # (where no bucket fits): shorten the longer side to what the budget leaves it.
         # ``max_pixels`` wins over ``min_pixels``; a budget below one 32x32 token keeps one.
+        def cut(side: int, other: int) -> int:
+            return max(factor, min(side, max_pixels // other // factor * factor))
+
         if h_bar >= w_bar:
-            h_bar = max(factor, max_pixels // w_bar // factor * factor)
+            h_bar = cut(h_bar, w_bar)
+            w_bar = cut(w_bar, h_bar)
         else:
-            w_bar = max(factor, max_pixels // h_bar // factor * factor)
+            w_bar = cut(w_bar, h_bar)
+            h_bar = cut(h_bar, w_bar)
     return h_bar, w_bar
 
 
@@ -108,10 +113,10 @@ def open_image(data: bytes, max_decode_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             # Our cap, checked below before anything is decoded, replaces Pillow's warning (a
             # cap above its 89.5M px would otherwise be ignored); its error limit is raised
-            # to our cap (only ever up: other decodes keep at least this one's cap).
+            # to twice our cap (only ever up: other decodes keep at least this one's cap).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if Image.MAX_IMAGE_PIXELS is not None and 2 * Image.MAX_IMAGE_PIXELS < max_decode_pixels:
-                Image.MAX_IMAGE_PIXELS = max_decode_pixels // 2 + 1
+            if Image.MAX_IMAGE_PIXELS is not None and max_decode_pixels > Image.MAX_IMAGE_PIXELS:
+                Image.MAX_IMAGE_PIXELS = max_decode_pixels
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > max_decode_pixels:
                 raise ImageRejected(

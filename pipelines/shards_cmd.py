@@ -2,7 +2,8 @@
 
     neo shards ls URL [--json] [--depth N]     datasets at or below URL; a dataset's shards
     neo shards stats URL [--json]              buckets, tokens, fill, text ratio, sources, drops
-    neo shards verify URL                      every shard against the index's size and sha256
+    neo shards verify URL                      every shard against the index's size and sha256,
+                                               then every sample id recounted (none twice)
     neo shards show URL [--shard I] --pack N [--sample K] [--save-images DIR]
                                                one pack: sample text, tokens with T/H/W, images
     neo shards serve URL [--host H] [--port P] [--open]
@@ -18,6 +19,9 @@ import argparse
 import json
 import sys
 import webbrowser
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from neo_data.browser.views import (
     dataset_row,
@@ -35,7 +39,7 @@ from neo_data.browser.views import (
 from neo_data.encoding.tokens import NeoTokenizer, load_tokenizer
 from neo_data.format.shards import PackedDataset
 from neo_data.format.storage import join, url_to_fs
-from neo_data.pack.report import format_report
+from neo_data.pack.report import format_report, recount
 
 DATASET_COLUMNS = ["dataset", "name", "stage", "packs", "samples", "tokens", "bytes", "shards"]
 SHARD_COLUMNS = ["shard", "path", "bucket", "bytes", "packs", "samples", "tokens", "images"]
@@ -152,6 +156,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     ds = PackedDataset(args.url)
     problems = ds.verify()
+    if not problems:  # the files are the index's: recount their sample ids
+        packed = pa.chunked_array(
+            [pc.list_flatten(ds.read_shard(i, ["sample_ids"])["sample_ids"]) for i in
+             range(len(ds.shards))],
+            type=pa.string(),
+        )  # fmt: skip
+        rejected = read_rejected(ds)["sample_id"]
+        totals = ds.index.get("totals")
+        if totals is None:  # no counts to hold them to: duplicates only
+            problems = recount(packed, rejected, len(packed) + len(rejected))
+        else:
+            problems = recount(packed, rejected, totals["samples_in"])
+            if len(rejected) != sum(totals["dropped"].values()):
+                problems.append(
+                    f"rejected/ holds {len(rejected)} rows but the index counts "
+                    f"{sum(totals['dropped'].values())} dropped"
+                )
     for p in problems:
         print(p, file=sys.stderr)
     print(f"{len(ds.shards)} shards checked, {len(problems)} problem(s)")

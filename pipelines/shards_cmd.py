@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import webbrowser
 
@@ -259,7 +260,8 @@ def format_pack(
 
 def save_images(pack: dict, out: str, only_sample: int | None = None) -> list[str]:
     """Write the pack's images (or one sample's) to ``out`` (any fsspec URL) as
-    ``<pack_id>-img<k>.<ext>``, byte for byte as stored; return the paths written."""
+    ``<pack_id>-img<k>.<ext>``, byte for byte as stored; return the paths written. The id comes
+    from the shard (data, maybe hostile): :func:`file_stem` keeps the files inside ``out``."""
     fs, root = url_to_fs(out)
     fs.makedirs(root, exist_ok=True)
     ordinals = (
@@ -269,11 +271,17 @@ def save_images(pack: dict, out: str, only_sample: int | None = None) -> list[st
     for o in ordinals:
         data = pack["images"][o]
         _, ext = image_mime(data)
-        path = join(root, f"{pack['pack_id']}-img{o:03d}.{ext}")
+        path = join(root, f"{file_stem(pack['pack_id'])}-img{o:03d}.{ext}")
         with fs.open(path, "wb") as f:
             f.write(data)
         written.append(path)
     return written
+
+
+def file_stem(pack_id: str) -> str:
+    """``pack_id`` as one file name: characters other than letters, digits, ``.``, ``_`` and
+    ``-`` become ``_`` and leading dots are dropped, so ``../`` or ``/`` cannot leave the folder."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", pack_id).lstrip(".") or "pack"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -290,7 +290,8 @@ def file_stem(pack_id: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from neo_data.browser.server import BackgroundServer, is_loopback
+    from neo_data.browser.server import BackgroundServer
+    from neo_data.hostcheck import is_loopback
 
     server = BackgroundServer(args.url, args.host, args.port, args.depth)
     if not is_loopback(args.host):

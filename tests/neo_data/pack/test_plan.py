@@ -197,3 +197,39 @@ def test_the_text_quota_is_decided_over_the_whole_input():
     assert text_quota(ids_table(0, 5), 0.3, 0).target == 5  # no multimodal rows: all kept
     assert text_quota(ids_table(10, 5), 0.0, 0).target == 0
     assert text_quota(ids_table(10, 2), 0.3, 0).target == 2  # fewer than the quota: all
+
+
+def test_a_row_no_bucket_fits_is_a_rejected_row_not_a_stopped_window(tmp_path):
+    """The packer's per-row path (no Ray): a 20 x 4000 px strip at max_pixels 65536 used to
+    resize to 32 x 3616 px (113 tokens, above the 64-token bucket) and raise out of the window;
+    now it fits, and a sample above every bucket is rejected with its reason."""
+    import pyarrow.parquet as pq
+
+    from neo_data.manifest import parse_manifest
+    from neo_data.pack.job import PackWindows
+    from tests.helpers import caption_row, image_bytes
+
+    path = write_curated(str(tmp_path / "in.parquet"), [
+        caption_row(0, "a thin strip", [image_bytes(4000, 20)]),
+        caption_row(1, "a square", [image_bytes(128, 128)]),
+    ])  # fmt: skip
+    m = parse_manifest(
+        f"name: t\nstage: pretrain\ndata: {{curated: [{path}], packed: {tmp_path / 'out'}}}\n"
+        "pack: {max_pixels: 65536, min_pixels: 4096, buckets: [{name: all, max_image_tokens: 64}]}",
+        "t.yaml",
+    )
+    stage = PackWindows(m.model_dump_json(), str(tmp_path / "out"))
+    unit = plan_units([path])[0]
+    samples, rows = {}, []
+    stats = stage.encode_unit(unit, samples, rows)
+    assert stats["dropped"] == {} and len(samples) == 2
+    assert all(r["bucket"] == "all" for r in rows)
+    stage.bounds = [
+        ("tiny", 16)
+    ]  # a bucket the strip (64 tokens) does not fit: the square (16) does
+    stats = stage.encode_unit(unit, {}, [])
+    assert stats["dropped"] == {"image_above_every_bucket": 1}
+    rejected = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
+    assert [(r["sample_id"], r["reason"]) for r in rejected] == [
+        ("test-000000", "image_above_every_bucket")
+    ]

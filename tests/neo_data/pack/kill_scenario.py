@@ -99,23 +99,29 @@ def kill_session(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run_pack(manifest: Path, log: Path, kill_after: float | None = None) -> tuple[str, float]:
-    """Run the pack; with ``kill_after``, SIGKILL it then. Returns (how it ended, seconds)."""
+def run_pack(
+    manifest: Path, log: Path, kill_after: float | None = None, watch: Path | None = None
+) -> tuple[str, float, float | None]:
+    """Run the pack; with ``kill_after``, SIGKILL it then. Returns how it ended, its seconds and
+    when ``watch`` first existed (None if never)."""
     t0 = time.monotonic()
+    seen = None
     with open(log, "ab") as sink:
         proc = subprocess.Popen(
             pack_command(manifest), cwd=REPO, env=environment(), stdout=sink,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        try:
-            proc.wait(timeout=kill_after if kill_after is not None else 900)
-        except subprocess.TimeoutExpired:
+        limit = kill_after if kill_after is not None else 900
+        while proc.poll() is None and time.monotonic() - t0 < limit:
+            if seen is None and watch is not None and watch.exists():
+                seen = time.monotonic() - t0
+            time.sleep(0.05)
+        if proc.poll() is None:
             kill_session(proc)
-            return "killed", time.monotonic() - t0
+            return "killed", time.monotonic() - t0, seen
         kill_session(proc)  # a finished driver may leave Ray processes behind
-    return (
-        "finished" if proc.returncode == 0 else f"exit {proc.returncode}"
-    ), time.monotonic() - t0
+    how = "finished" if proc.returncode == 0 else f"exit {proc.returncode}"
+    return how, time.monotonic() - t0, seen
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -158,14 +164,18 @@ def scenario(out: Path, kills: int, seed: int) -> dict:
     # moved to out/reference, then the killed runs
     manifest = out / "kill.yaml"
     manifest.write_text(MANIFEST.format(curated=curated, packed=out / "packed"))
-    how, ref_seconds = run_pack(manifest, out / "reference.log")
+    how, ref_seconds, started = run_pack(
+        manifest, out / "reference.log", watch=out / "packed" / "_work" / "plan.json"
+    )
+    started = started or 0.0  # when the job had planned (Ray up): kills land in the work after
     if how != "finished":
         raise RuntimeError(f"the uninterrupted pack did not finish ({how}); see reference.log")
     (out / "packed").rename(out / "reference")
-    rows, rounds, problems = [], 0, []
+    rows, rounds, problems, open_round = [], 0, [], False
     while sum(r["ended"] == "killed" for r in rows) < kills:
-        delay = rng.uniform(0.1, 1.0) * ref_seconds
-        how, _ = run_pack(manifest, out / "killed.log", kill_after=delay)
+        delay = started + rng.uniform(0.0, 1.0) * (ref_seconds - started)
+        how, _, _ = run_pack(manifest, out / "killed.log", kill_after=delay)
+        open_round = True
         markers = len(list((out / "packed" / "_work" / "windows").glob("*.json")))
         rows.append({"round": rounds, "after_s": round(delay, 2), "ended": how, "markers": markers})
         if how.startswith("exit"):
@@ -174,13 +184,14 @@ def scenario(out: Path, kills: int, seed: int) -> dict:
         if how == "finished" or (out / "packed" / "index.json").exists():
             problems += [f"round {rounds}: {p}" for p in compare(out / "reference", out / "packed")]
             shutil.rmtree(out / "packed")  # a new round of kills from the start
-            rounds += 1
-    if (out / "packed").exists():  # the last round: let it finish
-        how, _ = run_pack(manifest, out / "killed.log")
+            rounds, open_round = rounds + 1, False
+    if open_round:  # the last round: let it finish
+        how, _, _ = run_pack(manifest, out / "killed.log")
         rows.append({"round": rounds, "after_s": None, "ended": how, "markers": None})
         problems += [f"round {rounds}: {p}" for p in compare(out / "reference", out / "packed")]
         rounds += 1
-    return {"reference_seconds": round(ref_seconds, 2), "kills": rows, "rounds": rounds,
+    return {"reference_seconds": round(ref_seconds, 2), "planned_after_s": round(started, 2),
+            "kills": rows, "rounds": rounds,
             "problems": problems}  # fmt: skip
 
 
@@ -194,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = scenario(out, args.kills, args.seed)
     (out / "result.json").write_text(json.dumps(result, indent=1))
-    print(f"reference run: {result['reference_seconds']} s; work folder {out}")
+    print(f"reference run: {result['reference_seconds']} s (planned after "
+          f"{result['planned_after_s']} s); work folder {out}")  # fmt: skip
     print(f"{'round':>5} {'kill after s':>13} {'ended':>10} {'windows done':>13}")
     for r in result["kills"]:
         after = "-" if r["after_s"] is None else r["after_s"]

@@ -7,8 +7,9 @@ Not a test module: ``tests/neo_data/pack/test_kill.py`` runs a short version; th
 Steps: write a small curated set (captions, conversations, texts in files of 20 rows, so a
 dozen windows) and a manifest; pack it once uninterrupted (the reference, timed); then start the
 same pack again and again, each run killed with SIGKILL (its whole session: the driver, the
-local Ray it started and Ray's workers) after a random delay drawn over the reference's duration,
-until ``--kills`` runs were killed. A run that finishes ends a round: its output must equal the
+local Ray it started and Ray's workers) at a random point -- a random fraction of a second after
+a random number of the files it writes (none: mid start-up) -- until ``--kills`` runs were
+killed. A run that finishes ends a round: its output must equal the
 reference -- every file under ``shards/`` and ``rejected/`` byte-identical, ``index.json`` equal
 but for its time fields, no temporary file left -- and the next round starts from nothing. Prints a table of the kills and writes ``<out>/result.json``; exits 0 only when every
 check passed.
@@ -99,29 +100,39 @@ def kill_session(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def written_since(root: Path, t0: float) -> int:
+    """Files under ``root`` written (created or replaced) since wall-clock time ``t0``."""
+    n = 0
+    for p in root.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_file() and ".tmp-" not in p.name and p.stat().st_mtime >= t0:
+                n += 1
+    return n
+
+
 def run_pack(
-    manifest: Path, log: Path, kill_after: float | None = None, watch: Path | None = None
-) -> tuple[str, float, float | None]:
-    """Run the pack; with ``kill_after``, SIGKILL it then. Returns how it ended, its seconds and
-    when ``watch`` first existed (None if never)."""
-    t0 = time.monotonic()
-    seen = None
+    manifest: Path, log: Path, output: Path, kill_at: tuple[int, float] | None = None
+) -> str:
+    """Run the pack; with ``kill_at = (m, jitter)``, SIGKILL it ``jitter`` seconds after it has
+    written its ``m``-th file (m = 0: ``jitter`` seconds after the start, mid start-up). Returns
+    how it ended: ``killed``, ``finished`` or ``exit N``."""
+    t0, since = time.time(), None
     with open(log, "ab") as sink:
         proc = subprocess.Popen(
             pack_command(manifest), cwd=REPO, env=environment(), stdout=sink,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        limit = kill_after if kill_after is not None else 900
-        while proc.poll() is None and time.monotonic() - t0 < limit:
-            if seen is None and watch is not None and watch.exists():
-                seen = time.monotonic() - t0
-            time.sleep(0.05)
-        if proc.poll() is None:
-            kill_session(proc)
-            return "killed", time.monotonic() - t0, seen
+        while proc.poll() is None and time.time() - t0 < 900:
+            if kill_at is not None:
+                m, jitter = kill_at
+                if since is None and (m == 0 or written_since(output, t0) >= m):
+                    since = time.time()
+                if since is not None and time.time() - since >= jitter:
+                    kill_session(proc)
+                    return "killed"
+            time.sleep(0.02)
         kill_session(proc)  # a finished driver may leave Ray processes behind
-    how = "finished" if proc.returncode == 0 else f"exit {proc.returncode}"
-    return how, time.monotonic() - t0, seen
+    return "finished" if proc.returncode == 0 else f"exit {proc.returncode}"
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -158,26 +169,30 @@ def compare(ref: Path, out: Path) -> list[str]:
 def scenario(out: Path, kills: int, seed: int) -> dict:
     rng = random.Random(seed)
     curated = out / "curated"
-    write_demo_dataset(str(curated), captions=120, conversations=40, texts=80, seed=seed,
+    write_demo_dataset(str(curated), captions=80, conversations=20, texts=40, seed=seed,
                        rows_per_file=20)  # fmt: skip
     # one manifest (its hash is in the index), packed into out/packed: the reference first,
     # moved to out/reference, then the killed runs
     manifest = out / "kill.yaml"
     manifest.write_text(MANIFEST.format(curated=curated, packed=out / "packed"))
-    how, ref_seconds, started = run_pack(
-        manifest, out / "reference.log", watch=out / "packed" / "_work" / "plan.json"
-    )
-    started = started or 0.0  # when the job had planned (Ray up): kills land in the work after
-    if how != "finished":
+    t0 = time.monotonic()
+    if (how := run_pack(manifest, out / "reference.log", out / "packed")) != "finished":
         raise RuntimeError(f"the uninterrupted pack did not finish ({how}); see reference.log")
+    ref_seconds = time.monotonic() - t0
+    files = sum(1 for p in (out / "packed").rglob("*") if p.is_file())
     (out / "packed").rename(out / "reference")
     rows, rounds, problems, open_round = [], 0, [], False
     while sum(r["ended"] == "killed" for r in rows) < kills:
-        delay = started + rng.uniform(0.0, 1.0) * (ref_seconds - started)
-        how, _, _ = run_pack(manifest, out / "killed.log", kill_after=delay)
+        # after a random number of the writes left to this round (0: during start-up, up to
+        # 15 s in), a random moment later
+        left = files - sum(1 for p in (out / "packed").rglob("*") if p.is_file())
+        m = rng.randint(0, max(0, left - 1))
+        kill_at = (m, rng.uniform(0.0, 15.0) if m == 0 else rng.uniform(0.0, 0.5))
+        how = run_pack(manifest, out / "killed.log", out / "packed", kill_at)
         open_round = True
         markers = len(list((out / "packed" / "_work" / "windows").glob("*.json")))
-        rows.append({"round": rounds, "after_s": round(delay, 2), "ended": how, "markers": markers})
+        rows.append({"round": rounds, "after_writes": kill_at[0],
+                     "jitter_s": round(kill_at[1], 2), "ended": how, "markers": markers})  # fmt: skip
         if how.startswith("exit"):
             problems.append(f"round {rounds}: a rerun failed ({how}); see killed.log")
             break
@@ -186,13 +201,13 @@ def scenario(out: Path, kills: int, seed: int) -> dict:
             shutil.rmtree(out / "packed")  # a new round of kills from the start
             rounds, open_round = rounds + 1, False
     if open_round:  # the last round: let it finish
-        how, _, _ = run_pack(manifest, out / "killed.log")
-        rows.append({"round": rounds, "after_s": None, "ended": how, "markers": None})
+        how = run_pack(manifest, out / "killed.log", out / "packed")
+        rows.append({"round": rounds, "after_writes": None, "jitter_s": None, "ended": how,
+                     "markers": len(list((out / "packed" / "_work" / "windows").glob("*.json")))})  # fmt: skip
         problems += [f"round {rounds}: {p}" for p in compare(out / "reference", out / "packed")]
         rounds += 1
-    return {"reference_seconds": round(ref_seconds, 2), "planned_after_s": round(started, 2),
-            "kills": rows, "rounds": rounds,
-            "problems": problems}  # fmt: skip
+    return {"reference_seconds": round(ref_seconds, 2), "files": files, "kills": rows,
+            "rounds": rounds, "problems": problems}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,13 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = scenario(out, args.kills, args.seed)
     (out / "result.json").write_text(json.dumps(result, indent=1))
-    print(f"reference run: {result['reference_seconds']} s (planned after "
-          f"{result['planned_after_s']} s); work folder {out}")  # fmt: skip
-    print(f"{'round':>5} {'kill after s':>13} {'ended':>10} {'windows done':>13}")
+    print(f"reference run: {result['reference_seconds']} s, {result['files']} files; "
+          f"work folder {out}")  # fmt: skip
+    print(f"{'round':>5} {'after writes':>13} {'+ s':>5} {'ended':>10} {'windows done':>13}")
     for r in result["kills"]:
-        after = "-" if r["after_s"] is None else r["after_s"]
-        done = "-" if r["markers"] is None else r["markers"]
-        print(f"{r['round']:>5} {after:>13} {r['ended']:>10} {done:>13}")
+        writes = "-" if r["after_writes"] is None else r["after_writes"]
+        jitter = "-" if r["jitter_s"] is None else r["jitter_s"]
+        print(f"{r['round']:>5} {writes:>13} {jitter:>5} {r['ended']:>10} {r['markers']:>13}")
     killed = sum(r["ended"] == "killed" for r in result["kills"])
     print(f"{killed} kills in {result['rounds']} rounds (each rerun to the end and compared); "
           f"{len(result['problems'])} difference(s) from the uninterrupted run")  # fmt: skip

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from neo_data.encoding.encode import SampleRejected
 from neo_data.format.schema import shard_name
 from neo_data.manifest import PackSpec
-from neo_data.encoding.encode import SampleRejected
 from neo_data.pack.plan import (
     LENGTH_SCHEMA,
     Unit,
@@ -179,7 +179,7 @@ def test_the_text_quota_is_decided_over_the_whole_input():
     assert (q.rows, q.text_rows, q.target) == (2000, 1000, 429)
     kept = {f"txt-{i}" for i in range(1000) if text_key(0, f"txt-{i}") < q.threshold}
     assert len(kept) == 429 and kept == set(sorted(kept, key=lambda s: text_key(0, s)))
-    assert 429 / (429 + 1000) == pytest.approx(0.3, abs=5e-4)
+    assert pytest.approx(0.3, abs=5e-4) == 429 / (429 + 1000)
     other = text_quota(ids, 0.3, seed=1)
     assert {f"txt-{i}" for i in range(1000) if text_key(1, f"txt-{i}") < other.threshold} != kept
     # split into windows of any shape, the kept set is the same

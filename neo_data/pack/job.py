@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -339,7 +340,9 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None) -> PackResul
     return PackResult(output, index, skipped=False)
 
 
-def output_ids(fs, root: str, shard_paths: list[str]) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+def output_ids(
+    fs: fsspec.AbstractFileSystem, root: str, shard_paths: list[str]
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     """The sample ids in the shards (from the files, not the markers) and in ``rejected/``."""
     packed = []
     for rel in shard_paths:

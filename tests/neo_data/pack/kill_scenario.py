@@ -4,15 +4,15 @@ Not a test module: ``tests/neo_data/pack/test_kill.py`` runs a short version; th
 
     .venv/bin/python -m tests.neo_data.pack.kill_scenario --kills 20 [--out DIR] [--seed N]
 
-Steps: write a small curated set (captions, conversations, texts in files of 20 rows, so a
-dozen windows) and a manifest; pack it once uninterrupted (the reference, timed); then start the
-same pack again and again, each run killed with SIGKILL (its whole session: the driver, the
-local Ray it started and Ray's workers) at a random point -- a random fraction of a second after
-a random number of the files it writes (none: mid start-up) -- until ``--kills`` runs were
-killed. A run that finishes ends a round: its output must equal the
-reference -- every file under ``shards/`` and ``rejected/`` byte-identical, ``index.json`` equal
-but for its time fields, no temporary file left -- and the next round starts from nothing. Prints a table of the kills and writes ``<out>/result.json``; exits 0 only when every
-check passed.
+Steps: write a small curated set (captions, conversations, texts in files of 20 rows: seven
+windows) and a manifest; pack it once uninterrupted (the reference); then rounds of
+``--per-round`` kills: the same pack started from nothing and SIGKILLed (its whole session: the
+driver, the local Ray it started and Ray's workers) a random fraction of a second after a random
+number of the files it writes (the first kill of a round mid work; later ones possibly mid
+start-up), then a run to the end. Each round's output must equal the reference -- every file
+under ``shards/`` and ``rejected/`` byte-identical, ``index.json`` equal but for its time
+fields, no temporary file left. Prints a table of the kills and writes ``<out>/result.json``;
+exits 0 only when every check passed.
 """
 
 from __future__ import annotations
@@ -166,7 +166,11 @@ def compare(ref: Path, out: Path) -> list[str]:
     return problems
 
 
-def scenario(out: Path, kills: int, seed: int) -> dict:
+def markers(out: Path) -> int:
+    return len(list((out / "packed" / "_work" / "windows").glob("*.json")))
+
+
+def scenario(out: Path, kills: int, seed: int, per_round: int = 2) -> dict:
     rng = random.Random(seed)
     curated = out / "curated"
     write_demo_dataset(str(curated), captions=80, conversations=20, texts=40, seed=seed,
@@ -181,30 +185,28 @@ def scenario(out: Path, kills: int, seed: int) -> dict:
     ref_seconds = time.monotonic() - t0
     files = sum(1 for p in (out / "packed").rglob("*") if p.is_file())
     (out / "packed").rename(out / "reference")
-    rows, rounds, problems, open_round = [], 0, [], False
+    rows, problems, rounds = [], [], 0
     while sum(r["ended"] == "killed" for r in rows) < kills:
-        # after a random number of the writes left to this round (0: during start-up, up to
-        # 15 s in), a random moment later
-        left = files - sum(1 for p in (out / "packed").rglob("*") if p.is_file())
-        m = rng.randint(0, max(0, left - 1))
-        kill_at = (m, rng.uniform(0.0, 15.0) if m == 0 else rng.uniform(0.0, 0.5))
-        how = run_pack(manifest, out / "killed.log", out / "packed", kill_at)
-        open_round = True
-        markers = len(list((out / "packed" / "_work" / "windows").glob("*.json")))
-        rows.append({"round": rounds, "after_writes": kill_at[0],
-                     "jitter_s": round(kill_at[1], 2), "ended": how, "markers": markers})  # fmt: skip
+        for k in range(per_round):  # a round: kills from nothing, then a run to the end
+            # the first kill after 1 .. files-1 writes (mid work), the next after a random number
+            # of the writes left (0: mid start-up, up to 15 s in); then a fraction of a second
+            left = files - sum(1 for p in (out / "packed").rglob("*") if p.is_file())
+            m = rng.randint(1 if k == 0 else 0, max(1, left - 1))
+            kill_at = (m, rng.uniform(0.0, 15.0) if m == 0 else rng.uniform(0.0, 0.5))
+            how = run_pack(manifest, out / "killed.log", out / "packed", kill_at)
+            rows.append({"round": rounds, "after_writes": m, "jitter_s": round(kill_at[1], 2),
+                         "ended": how, "markers": markers(out)})  # fmt: skip
+            if how != "killed":
+                break
+        if how == "killed":
+            how = run_pack(manifest, out / "killed.log", out / "packed")
+            rows.append({"round": rounds, "after_writes": None, "jitter_s": None, "ended": how,
+                         "markers": markers(out)})  # fmt: skip
+        problems += [f"round {rounds}: {p}" for p in compare(out / "reference", out / "packed")]
         if how.startswith("exit"):
             problems.append(f"round {rounds}: a rerun failed ({how}); see killed.log")
             break
-        if how == "finished" or (out / "packed" / "index.json").exists():
-            problems += [f"round {rounds}: {p}" for p in compare(out / "reference", out / "packed")]
-            shutil.rmtree(out / "packed")  # a new round of kills from the start
-            rounds, open_round = rounds + 1, False
-    if open_round:  # the last round: let it finish
-        how = run_pack(manifest, out / "killed.log", out / "packed")
-        rows.append({"round": rounds, "after_writes": None, "jitter_s": None, "ended": how,
-                     "markers": len(list((out / "packed" / "_work" / "windows").glob("*.json")))})  # fmt: skip
-        problems += [f"round {rounds}: {p}" for p in compare(out / "reference", out / "packed")]
+        shutil.rmtree(out / "packed")
         rounds += 1
     return {"reference_seconds": round(ref_seconds, 2), "files": files, "kills": rows,
             "rounds": rounds, "problems": problems}  # fmt: skip
@@ -214,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-round", type=int, default=2, help="kills before a run to the end")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
     args = ap.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="neo-kill-"))
     out.mkdir(parents=True, exist_ok=True)
-    result = scenario(out, args.kills, args.seed)
+    result = scenario(out, args.kills, args.seed, args.per_round)
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(f"reference run: {result['reference_seconds']} s, {result['files']} files; "
           f"work folder {out}")  # fmt: skip

@@ -187,11 +187,13 @@ def bench_job_fill(n: int = 80_000) -> tuple[int, int, int, float]:
     import pyarrow as pa
 
     from neo_data.manifest import parse_manifest
-    from neo_data.pack.plan import LENGTH_SCHEMA, bucket_of, plan_window
+    from neo_data.pack.plan import LENGTH_SCHEMA, bucket_of, plan_window, text_quota
 
     pack = parse_manifest("name: b\ndata: {curated: [x], packed: y}\n", "bench").resolved_pack()
     bounds = [(b.name, b.max_image_tokens) for b in pack.buckets]
     tok, img = realistic_mix(n, seed=0)
+    ids = pa.table({"sample_id": [f"s{k}" for k in range(n)], "text_only": img == 0})
+    threshold = text_quota(ids, pack.text_ratio, pack.seed).threshold  # over the whole mix
     packs = tokens = windows = 0
     for w, start in enumerate(range(0, n, pack.window_samples)):
         t, i = tok[start : start + pack.window_samples], img[start : start + pack.window_samples]
@@ -199,7 +201,7 @@ def bench_job_fill(n: int = 80_000) -> tuple[int, int, int, float]:
             {
                 "unit_id": ["u"] * len(t),
                 "row": np.arange(len(t)),
-                "sample_id": [f"s{k}" for k in range(len(t))],
+                "sample_id": [f"s{start + k}" for k in range(len(t))],
                 "source": ["bench"] * len(t),
                 "text_only": i == 0,
                 "bucket": [None if v == 0 else bucket_of(int(v), bounds) for v in i],
@@ -208,7 +210,7 @@ def bench_job_fill(n: int = 80_000) -> tuple[int, int, int, float]:
             },
             schema=LENGTH_SCHEMA,
         )
-        plan = plan_window(lengths, pack, w)
+        plan = plan_window(lengths, pack, w, threshold)
         rows = [r for shard in plan.shards for p in shard.packs for _, r in p]
         packs += sum(len(shard.packs) for shard in plan.shards)
         tokens += int(t[rows].sum())

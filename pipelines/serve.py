@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from neo_data.encoding.tokens import BUILTIN, load_tokenizer
+from neo_data.hostcheck import allowed_hosts
 from neo_model.prompting import pixel_budget
 from neo_model.serve.app import create_app
 from neo_model.serve.protocol import ServeSettings
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         default_max_tokens=min(512, args.max_new_tokens),
         max_batch_size=args.max_batch_size,
     )
-    app = create_app(model, tok, settings)
+    app = create_app(model, tok, settings, allowed_hosts(args.host, args.port))
     print(
         f"neo serve: {settings.served_model_name} on http://{args.host}:{args.port}/v1",
         file=sys.stderr,

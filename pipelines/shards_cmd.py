@@ -3,7 +3,8 @@ s3://), or copy one into the other shard format.
 
     neo shards ls URL [--json] [--depth N]     datasets at or below URL; a dataset's shards
     neo shards stats URL [--json]              buckets, tokens, fill, text ratio, sources, drops
-    neo shards verify URL                      every shard against the index's size and sha256
+    neo shards verify URL                      every shard against the index's size and sha256,
+                                               then every sample id recounted (none twice)
     neo shards show URL [--shard I] --pack N [--sample K] [--save-images DIR]
                                                one pack: sample text, tokens with T/H/W, images
     neo shards serve URL [--host H] [--port P] [--open]
@@ -20,8 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import webbrowser
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from neo_data.browser.views import (
     dataset_row,
@@ -41,7 +46,7 @@ from neo_data.format.ipc import ARROW_COMPRESSIONS
 from neo_data.format.schema import SHARD_FORMATS
 from neo_data.format.shards import PackedDataset, convert_dataset
 from neo_data.format.storage import join, url_to_fs
-from neo_data.pack.report import format_report
+from neo_data.pack.report import format_report, recount
 
 DATASET_COLUMNS = ["dataset", "name", "stage", "packs", "samples", "tokens", "bytes", "shards"]
 SHARD_COLUMNS = ["shard", "path", "bucket", "bytes", "packs", "samples", "tokens", "images"]
@@ -165,6 +170,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     ds = PackedDataset(args.url)
     problems = ds.verify()
+    if not problems:  # the files are the index's: recount their sample ids
+        packed = pa.chunked_array(
+            [pc.list_flatten(ds.read_shard(i, ["sample_ids"])["sample_ids"]) for i in
+             range(len(ds.shards))],
+            type=pa.string(),
+        )  # fmt: skip
+        rejected = read_rejected(ds)["sample_id"]
+        totals = ds.index.get("totals")
+        if totals is None:  # no counts to hold them to: duplicates only
+            problems = recount(packed, rejected, len(packed) + len(rejected))
+        else:
+            problems = recount(packed, rejected, totals["samples_in"])
+            if len(rejected) != sum(totals["dropped"].values()):
+                problems.append(
+                    f"rejected/ holds {len(rejected)} rows but the index counts "
+                    f"{sum(totals['dropped'].values())} dropped"
+                )
     for p in problems:
         print(p, file=sys.stderr)
     print(f"{len(ds.shards)} shards checked, {len(problems)} problem(s)")
@@ -264,7 +286,8 @@ def format_pack(
 
 def save_images(pack: dict, out: str, only_sample: int | None = None) -> list[str]:
     """Write the pack's images (or one sample's) to ``out`` (any fsspec URL) as
-    ``<pack_id>-img<k>.<ext>``, byte for byte as stored; return the paths written."""
+    ``<pack_id>-img<k>.<ext>``, byte for byte as stored; return the paths written. The id comes
+    from the shard (data, maybe hostile): :func:`file_stem` keeps the files inside ``out``."""
     fs, root = url_to_fs(out)
     fs.makedirs(root, exist_ok=True)
     ordinals = (
@@ -274,11 +297,17 @@ def save_images(pack: dict, out: str, only_sample: int | None = None) -> list[st
     for o in ordinals:
         data = pack["images"][o]
         _, ext = image_mime(data)
-        path = join(root, f"{pack['pack_id']}-img{o:03d}.{ext}")
+        path = join(root, f"{file_stem(pack['pack_id'])}-img{o:03d}.{ext}")
         with fs.open(path, "wb") as f:
             f.write(data)
         written.append(path)
     return written
+
+
+def file_stem(pack_id: str) -> str:
+    """``pack_id`` as one file name: characters other than letters, digits, ``.``, ``_`` and
+    ``-`` become ``_`` and leading dots are dropped, so ``../`` or ``/`` cannot leave the folder."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", pack_id).lstrip(".") or "pack"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +316,8 @@ def save_images(pack: dict, out: str, only_sample: int | None = None) -> list[st
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from neo_data.browser.server import BackgroundServer, is_loopback
+    from neo_data.browser.server import BackgroundServer
+    from neo_data.hostcheck import is_loopback
 
     server = BackgroundServer(args.url, args.host, args.port, args.depth)
     if not is_loopback(args.host):

@@ -4,20 +4,13 @@ and the tests start and stop it themselves)."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import threading
 
 from aiohttp import web
 
 from neo_data.browser.web import Browser, make_app
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+from neo_data.hostcheck import allowed_hosts
 
 
 class BackgroundServer:
@@ -33,10 +26,7 @@ class BackgroundServer:
         bound_host, bound_port = self.sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.base_url = f"http://{shown}:{bound_port}"
-        allowed = frozenset()
-        if is_loopback(host):
-            names = (shown, "localhost", "127.0.0.1", "[::1]")
-            allowed = frozenset(f"{n}:{bound_port}" for n in names)
+        allowed = allowed_hosts(bound_host, bound_port)
         self.app = make_app(url, max_depth, allowed, browser=browser)
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()

@@ -43,6 +43,7 @@ from neo_data.browser.views import (
 from neo_data.encoding.tokens import NeoTokenizer, load_tokenizer
 from neo_data.format.schema import SchemaMismatch, ShardCorrupt
 from neo_data.format.shards import PackedDataset
+from neo_data.hostcheck import host_allowed
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +337,7 @@ async def guard(request: web.Request, handler: Callable) -> web.StreamResponse:
     DNS rebinding. A dataset that cannot be read answers 500 with the reason, not a traceback."""
     allowed = request.app[ALLOWED_HOSTS]
     try:
-        if allowed and request.host not in allowed:
+        if not host_allowed(request.host, allowed):
             raise web.HTTPMisdirectedRequest(text=f"unexpected Host {request.host!r}")
         try:
             response = await handler(request)

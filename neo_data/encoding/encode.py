@@ -16,6 +16,8 @@ reason                      when
 ``too_long_for_budget``     more tokens than the pack budget (samples are never split)
 ``too_many_image_tokens``   more image tokens than the per-pack image budget
 ``no_supervised_tokens``    nothing to learn from (e.g. a conversation without answers)
+``image_above_every_bucket`` (the packer) the largest image fits no ``pack.buckets`` entry
+``text_over_ratio``         (the packer) a text-only sample beyond ``pack.text_ratio``
 =========================== ==========================================================
 """
 

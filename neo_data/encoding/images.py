@@ -50,6 +50,8 @@ def smart_resize(
     Round each side to the nearest multiple of ``factor`` (at least ``factor``); if the area is
     above ``max_pixels`` scale both down by sqrt(area / max_pixels) and floor; if below
     ``min_pixels`` scale up by sqrt(min_pixels / area) and ceil. Aspect above 200 is rejected.
+    The result is never above ``max_pixels`` (for ``max_pixels >= factor**2``): where clamping
+    or ceiling overshoots, the longer side is cut back.
     """
     if height <= 0 or width <= 0:
         raise ImageRejected("image_empty", f"size {width}x{height}")
@@ -68,6 +70,19 @@ def smart_resize(
         beta = math.sqrt(min_pixels / (height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        # The 32 px clamp of a thin image and the ceil of an upscale can end above the budget
+        # (where no bucket fits): shorten the longer side to what the budget leaves it.
+        # ``max_pixels`` wins over ``min_pixels``; a budget below one 32x32 token keeps one.
+        def cut(side: int, other: int) -> int:
+            return max(factor, min(side, max_pixels // other // factor * factor))
+
+        if h_bar >= w_bar:
+            h_bar = cut(h_bar, w_bar)
+            w_bar = cut(w_bar, h_bar)
+        else:
+            w_bar = cut(w_bar, h_bar)
+            h_bar = cut(h_bar, w_bar)
     return h_bar, w_bar
 
 
@@ -98,7 +113,9 @@ def _decoding() -> Iterator[None]:
     """Map Pillow's errors (and its decompression-bomb warning) to drop reasons."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our cap (checked by _open_header from the header, before any pixel is decoded)
+            # replaces Pillow's warning: a cap above its 89.5M px would otherwise be ignored.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             yield
     except ImageRejected:
         raise
@@ -106,12 +123,17 @@ def _decoding() -> Iterator[None]:
         raise ImageRejected("image_too_many_pixels", str(e)) from e
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
         raise ImageRejected("image_decode_error", f"{type(e).__name__}: {e}") from e
+    except RuntimeError as e:  # Pillow's AVIF plugin raises it for damaged files
+        raise ImageRejected("image_decode_error", f"{type(e).__name__}: {e}") from e
 
 
 def _open_header(data: bytes, max_decode_pixels: int) -> Image.Image:
     """The image opened lazily (header read, no pixels yet) after the decode cap is checked."""
     if not data:
         raise ImageRejected("image_empty", "zero bytes")
+    if Image.MAX_IMAGE_PIXELS is not None and max_decode_pixels > Image.MAX_IMAGE_PIXELS:
+        # Pillow's own error limit (twice this) only ever raised, so our cap is the one that holds
+        Image.MAX_IMAGE_PIXELS = max_decode_pixels
     with _decoding():
         img = Image.open(io.BytesIO(data))
     if img.width * img.height > max_decode_pixels:

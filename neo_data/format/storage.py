@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -75,23 +77,56 @@ def list_inputs(
 def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Make ``path`` appear complete or not at all.
 
-    Local: write a temporary file beside it, then rename (atomic on POSIX). Object stores: one
-    PUT (or a multipart upload completed at close) -- the object is visible only when whole.
+    Local: write a temporary file beside it (``<path>.tmp-<32 hex>``), fsync it, rename it
+    (atomic on POSIX), fsync the directory -- without the syncs a power cut after the rename can
+    leave an empty or missing file that a rerun trusts. Object stores: one PUT (or a multipart
+    upload completed at close) -- the object is visible only when whole.
     """
     parent = path.rsplit("/", 1)[0]
     if is_local(fs):
-        fs.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        local, local_parent = fs._strip_protocol(path), fs._strip_protocol(parent)
+        os.makedirs(local_parent, exist_ok=True)
+        tmp = f"{local}.tmp-{uuid.uuid4().hex}"
         try:
-            with fs.open(tmp, "wb") as f:
+            with open(tmp, "wb") as f:
                 f.write(data)
-            fs.mv(tmp, path)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, local)
+            dir_fd = os.open(local_parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         finally:
-            if fs.exists(tmp):
-                fs.rm(tmp)
+            if os.path.exists(tmp):
+                os.remove(tmp)
     else:
         with fs.open(path, "wb") as f:
             f.write(data)
+
+
+_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}$")
+
+
+def remove_stale_temporaries(
+    fs: fsspec.AbstractFileSystem, root: str, folders: Iterable[str]
+) -> list[str]:
+    """Delete the temporary files :func:`atomic_write` left below ``root/<folder>`` when its
+    process was killed (``*.tmp-<32 hex>``: only names it makes, only in the folders a job owns);
+    return their paths. A no-op on object stores, which have none."""
+    if not is_local(fs):
+        return []
+    removed = []
+    for folder in folders:
+        base = join(root, folder)
+        if not fs.isdir(base):
+            continue
+        for path in sorted(fs.find(base)):
+            if _TEMPORARY.search(path):
+                fs.rm(path)
+                removed.append(path)
+    return removed
 
 
 def table_to_parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:

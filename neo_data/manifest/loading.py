@@ -8,7 +8,7 @@ Unknown keys are rejected (a typo never silently falls back to a default). YAML 
 ``yaml.safe_load`` semantics only.
 
 A manifest may build on another: ``extends: base.yaml`` (relative to the extending file, or a
-URL) deep-merges the file over its base -- mappings merge key by key, lists and scalars replace --
+URL of an object store; only ``.yaml`` / ``.yml`` files, see ``check_extends_target``) deep-merges the file over its base -- mappings merge key by key, lists and scalars replace --
 and chains are allowed. Errors point at the file and line where the bad value was written, base
 or child; ``content_hash`` covers the resolved manifest, so two files that resolve alike hash
 alike. ``--set KEY=VALUE`` overrides (``parse_overrides``) apply after ``extends``; key paths
@@ -121,6 +121,30 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+# Where a base manifest may live: local files and object stores. Web URLs are not fetched: a
+# manifest from elsewhere could make a job (on a cluster node) request cloud metadata or an
+# internal service, and print what came back in an error.
+EXTENDS_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss", "memory")
+
+
+def check_extends_target(ref: str, at: str) -> None:
+    """``extends`` names a base manifest: a ``.yaml`` / ``.yml`` file on a local disk or an object
+    store. Anything else is refused before it is read -- a credentials file, a dotenv or a key
+    named by mistake (or by a hostile manifest) would otherwise be parsed and quoted in the
+    errors."""
+    if is_url(ref) and ref.split("://", 1)[0].lower() not in EXTENDS_SCHEMES:
+        raise ManifestError(
+            f"{at}: extends: {ref!r} is not fetched (a base manifest is a local file or on an "
+            f"object store: {', '.join(s + '://' for s in EXTENDS_SCHEMES)})"
+        )
+    if not ref.lower().endswith(MANIFEST_SUFFIXES):
+        raise ManifestError(
+            f"{at}: extends: {ref!r} is not a manifest file (expected a .yaml or .yml file; "
+            "other files are never read)"
+        )
+
+
 def _base_path(child: str, ref: str) -> str:
     """``ref`` (the value of ``extends``) resolved against the file that names it."""
     if is_url(ref) or posixpath.isabs(ref):
@@ -139,8 +163,11 @@ def _parse_doc(text: str, where: str) -> tuple[dict[str, Any], _Src]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ManifestError(f"{where}: not valid YAML: {e}") from e
+    except yaml.YAMLError as e:  # the position and the problem, never a quoted line
+        mark = getattr(e, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ManifestError(f"{at}: not valid YAML: {problem}") from None
     if not isinstance(data, dict) or node is None:
         got = type(data).__name__
         raise ManifestError(f"{where}: a manifest is a mapping of keys, got {got}")
@@ -164,6 +191,7 @@ def resolve_text(text: str, where: str, _chain: tuple[str, ...] = ()) -> Resolve
         raise ManifestError(
             f"{at}: extends: {ref!r} -- expected the path or URL of a base manifest"
         )
+    check_extends_target(ref, at)
     base = _base_path(where, ref)
     if _identity(base) in chain:
         loop = " -> ".join([*chain, _identity(base)])
@@ -277,8 +305,8 @@ def _format_error(err: dict, root: _Src) -> str:
     value = err.get("input")
     shown = "" if isinstance(value, dict | list) else f"{value!r} -- "
     msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; `neo manifest schema` lists the keys)"
+    if err["type"] == "extra_forbidden":  # the key only: its value may be anything, a secret too
+        shown, msg = "", "unknown key (check the spelling; `neo manifest schema` lists the keys)"
     at = f"{src.where}:{src.line}" if src.line else src.where
     return f"  {at}: {format_key_path(loc) or '(top level)'}: {shown}{msg}"
 

@@ -1,25 +1,29 @@
 """The pack job: curated samples -> resolution-bucketed packed shards, on Ray actors.
 
-The input's Parquet row groups are work units; consecutive units form **windows** of about
-``pack.window_samples`` samples. One call of a :class:`PackWindows` actor (one per CPU, the
+The input's Parquet row groups are work units; interleaved across files, they form **windows**
+of about ``pack.window_samples`` samples (:mod:`neo_data.pack.plan`, which also decides the text
+quota over the whole input). One call of a :class:`PackWindows` actor (one per CPU, the
 tokenizer loaded once each) packs one window, start to finish:
 
 1. **encode** every row (:class:`~neo_data.encoding.encode.SampleEncoder`: decode, smart
    resize, encode, tokenize, T/H/W); rejected rows go to ``rejected/<unit>.parquet`` with their
    reason;
-2. **plan** (:mod:`neo_data.pack.plan`, pure, deterministic for a seed): keep text-only samples
-   at the manifest's ratio, spread them over the buckets, group each bucket's samples by
-   first-fit decreasing, cut the packs into shards;
+2. **plan** (:mod:`neo_data.pack.plan`, pure, deterministic for a seed): keep the text-only
+   samples the input's quota keeps, spread them over the buckets, group each bucket's samples
+   by first-fit decreasing, cut the packs into shards;
 3. **write** the shards atomically, then ``_work/windows/<window>.json`` (the window's
-   completion marker, holding its shard infos and counts).
+   completion marker, holding the units it covers, its shard infos and counts).
 
 Image bytes are read once and written once: no intermediate copy, no shuffle. Windows run in
 parallel, two queued per actor so none waits for the driver between windows (plain actor calls:
 a window is seconds of work, and Ray Data's streaming executor cost a driver core on small
-machines for no gain here); a window's fill loss is at most one partial pack per bucket. A rerun after a crash
-redoes only unfinished windows (their shards come out identical); the index
-(:mod:`neo_data.pack.report`) is written last, and a rerun after success finds it (same manifest
-hash) and does nothing.
+machines for no gain here); a window's fill loss is at most one partial pack per bucket. A
+rerun after a crash redoes only unfinished windows (their shards come out identical) after
+checking that the plan is the one its markers cover (:mod:`neo_data.pack.resume`: a changed
+input is refused, naming what changed); before the index, the outputs are recounted against
+the input rows (every row packed or rejected exactly once). The index
+(:mod:`neo_data.pack.report`) is written last, and a rerun after success finds it (same
+manifest hash and inputs) and does nothing.
 """
 
 from __future__ import annotations
@@ -30,17 +34,27 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from neo_data.encoding.encode import EncodeSettings, SampleEncoder, SampleRejected
 from neo_data.encoding.tokens import load_tokenizer
-from neo_data.format.schema import INDEX_NAME, REJECTED_SCHEMA, WORK_DIR, rejected_name, shard_name
-from neo_data.format.shards import write_index, write_shard
+from neo_data.format.schema import (
+    INDEX_NAME,
+    REJECTED_DIR,
+    REJECTED_SCHEMA,
+    WORK_DIR,
+    rejected_name,
+    shard_name,
+)
+from neo_data.format.shards import open_shard, write_index, write_shard
 from neo_data.format.storage import (
     atomic_write,
     join,
     list_inputs,
+    remove_stale_temporaries,
     resume_or_refuse,
     table_to_parquet_bytes,
     url_to_fs,
@@ -55,8 +69,18 @@ from neo_data.pack.plan import (
     plan_units,
     plan_window,
     plan_windows,
+    read_input_ids,
+    text_quota,
 )
-from neo_data.pack.report import make_report, verify_report
+from neo_data.pack.report import make_report, recount, verify_report
+from neo_data.pack.resume import (
+    check_finished,
+    check_marker,
+    claim_plan,
+    inputs_record,
+    marker_covers,
+    plan_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +113,20 @@ class PackWindows:
         self.bounds = [(b.name, b.max_image_tokens) for b in self.pack.buckets]
         self.fs, self.root = url_to_fs(output)
 
-    def pack_window(self, window: Window) -> dict:
+    def pack_window(self, window: Window, text_threshold: int) -> dict:
         marker = join(self.root, WORK_DIR, "windows", f"{window.window_id}.json")
         if self.fs.exists(marker):
             with self.fs.open(marker, "rb") as f:
-                return json.load(f)
+                doc = json.load(f)
+            check_marker(doc, window, marker)
+            return doc
         t0 = time.perf_counter()
         samples: dict[tuple[str, int], dict] = {}
         lengths: list[dict] = []
         unit_stats = [self.encode_unit(unit, samples, lengths) for unit in window.units]
         t_encode = time.perf_counter() - t0
         table = pa.Table.from_pylist(lengths, schema=LENGTH_SCHEMA)
-        plan = plan_window(table, self.pack, window.index)
+        plan = plan_window(table, self.pack, window.index, text_threshold)
         if plan.text_surplus:
             self._write_text_surplus(window, plan.text_surplus, samples)
         shards = []
@@ -118,6 +144,7 @@ class PackWindows:
             shards.append(asdict(write_shard(self.fs, self.root, rel, shard.bucket, packs, *fmt)))
         result = {
             "window": window.window_id,
+            "covers": marker_covers(window),
             "units": unit_stats,
             "text_over_ratio": len(plan.text_surplus),
             "shards": shards,
@@ -136,13 +163,13 @@ class PackWindows:
         for i, row in enumerate(table.to_pylist()):
             try:
                 sample = self.encoder(row)
+                text_only = not sample.images  # from the content: a wrong flag cannot break buckets
+                bucket = (
+                    None if text_only else bucket_of(sample.max_image_tokens_per_image, self.bounds)
+                )
             except SampleRejected as e:
                 rejected.append(self._rejected(unit, i, row, e.reason, e.detail))
                 continue
-            text_only = not sample.images  # from the content: a wrong flag cannot break buckets
-            bucket = (
-                None if text_only else bucket_of(sample.max_image_tokens_per_image, self.bounds)
-            )
             samples[(unit.unit_id, i)] = {
                 "sample_id": row["sample_id"],
                 "source": row["source"],
@@ -251,24 +278,46 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None) -> PackResul
         field="data.packed",
         commit=(INDEX_NAME, lambda index: index.get("manifest", {}).get("sha256")),
     )
-    if done is not None:
-        return PackResult(output, done, skipped=True)
 
     t0 = time.perf_counter()
     pack = manifest.resolved_pack()
-    files = list_inputs(manifest.data.curated, "data.curated")
-    windows = plan_windows(plan_units(files), pack.window_samples)
+    try:
+        files = list_inputs(manifest.data.curated, "data.curated")
+    except FileNotFoundError:
+        if done is None:
+            raise
+        log.warning("%s is complete; its inputs are gone, so they were not compared", output)
+        return PackResult(output, done, skipped=True)
+    units = plan_units(files)
+    inputs = inputs_record(units)
+    if done is not None:
+        check_finished(done, inputs, output)
+        return PackResult(output, done, skipped=True)
+    ids = read_input_ids(units)
+    quota = text_quota(ids, pack.text_ratio, pack.seed)
+    windows = plan_windows(units, pack.window_samples)
+    claim_plan(fs, root, output, plan_record(inputs, windows, quota))
+    for path in remove_stale_temporaries(fs, root, ["shards", REJECTED_DIR, WORK_DIR]):
+        log.info("removed %s (left by a killed run)", path)
     log.info("pack %s: %d input files, %d windows", manifest.name, len(files), len(windows))
     workers = min(len(windows), concurrency or max(1, int(ray.cluster_resources().get("CPU", 1))))
-    results = _pack_windows(manifest, output, windows, max(1, workers))
+    results = _pack_windows(manifest, output, windows, max(1, workers), quota.threshold)
     results.sort(key=lambda r: r["window"])
-    index = make_report(manifest, mhash, results, time.perf_counter() - t0)
+    index = make_report(manifest, mhash, results, time.perf_counter() - t0, inputs)
     verify_report(index)  # a miscount leaves no index: the dataset stays unfinished
+    packed, rejected = output_ids(fs, root, index["shards"])
+    problems = recount(packed, rejected, inputs["rows"], ids["sample_id"])
+    if problems:
+        raise RuntimeError(
+            f"{output}: the outputs do not account for the input: " + "; ".join(problems)
+        )
     write_index(fs, root, index)  # the commit point, after every shard
     return PackResult(output, index, skipped=False)
 
 
-def _pack_windows(manifest: Manifest, output: str, windows: list[Window], workers: int) -> list:
+def _pack_windows(
+    manifest: Manifest, output: str, windows: list[Window], workers: int, text_threshold: int
+) -> list:
     """Every window through ``workers`` actors, two calls queued on each (the next window is
     waiting when one ends); a failed window raises here, and the rerun resumes."""
     import ray
@@ -282,14 +331,34 @@ def _pack_windows(manifest: Manifest, output: str, windows: list[Window], worker
     try:
         for a in actors * 2:
             if queue:
-                pending[a.pack_window.remote(queue.pop())] = a
+                pending[a.pack_window.remote(queue.pop(), text_threshold)] = a
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
             a = pending.pop(done)
             results.append(ray.get(done))
             if queue:
-                pending[a.pack_window.remote(queue.pop())] = a
+                pending[a.pack_window.remote(queue.pop(), text_threshold)] = a
     finally:
         for a in actors:
             ray.kill(a)
     return results
+
+
+def output_ids(
+    fs: fsspec.AbstractFileSystem, root: str, shards: list[dict]
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """The sample ids in the shards (from the files, not the markers; ``shards`` are index
+    entries, either format) and in ``rejected/``."""
+    packed = []
+    for s in shards:
+        reader = open_shard(fs, join(root, s["path"]), s.get("format", "parquet"), s.get("bytes"))
+        packed.append(reader.read_all(["sample_ids"])["sample_ids"])
+    rejected = []
+    for path in sorted(fs.glob(join(root, REJECTED_DIR, "*.parquet"))):
+        with fs.open(path, "rb") as f:
+            rejected.append(pq.read_table(f, columns=["sample_id"])["sample_id"])
+    flat = [pc.list_flatten(c) for c in packed]
+    return (
+        pa.chunked_array([c for a in flat for c in a.chunks], type=pa.string()),
+        pa.chunked_array([c for a in rejected for c in a.chunks], type=pa.string()),
+    )

@@ -1,11 +1,14 @@
 """Planning a pack job (pure but for reading Parquet footers): work units, windows, buckets,
 and the deterministic pack plan of one window.
 
-A **unit** is one row group of a curated input file; consecutive units form a **window** of
-about ``pack.window_samples`` samples, packed by one Ray Data task (:mod:`neo_data.pack.job`).
-A window's plan keeps text-only samples at the manifest's ratio, spreads them over the buckets,
-groups each bucket's samples by first-fit decreasing (:mod:`neo_data.pack.packing`) and cuts
-the packs into shards.
+A **unit** is one row group of a curated input file. Units of all files are interleaved by
+their position in their file (so every window mixes the sources, and text-only files do not form
+windows of their own) and cut into **windows** of about ``pack.window_samples`` samples, each
+packed by one Ray Data task (:mod:`neo_data.pack.job`). Which text-only samples are kept is
+decided once over the whole input (:func:`text_quota`: a seeded hash of the sample id under a
+threshold from the global counts), so the text ratio is the manifest's whatever the windows. A
+window's plan spreads its kept text over the buckets, groups each bucket's samples by first-fit
+decreasing (:mod:`neo_data.pack.packing`) and cuts the packs into shards.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from neo_data.encoding.encode import SampleRejected
 from neo_data.format.schema import CURATED_SCHEMA, check_schema, shard_name
 from neo_data.format.storage import url_to_fs
 from neo_data.manifest import PackSpec
@@ -44,11 +49,16 @@ LENGTH_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class Unit:
+    """One row group of an input file, with what identifies the file's version (its size, and
+    its ETag on object stores) so a rerun can tell the unit it planned from a changed one."""
+
     unit_id: str
     file: str  # URL as given (local path or s3://...)
     row_group: int
     num_rows: int
     first_row: int  # row of the file where the unit starts
+    file_size: int = -1  # bytes of the file when planned
+    etag: str = ""  # the object store's ETag ("" on local disks)
 
 
 def plan_units(files: list[str]) -> list[Unit]:
@@ -57,20 +67,82 @@ def plan_units(files: list[str]) -> list[Unit]:
 
     def footer(url: str) -> list[Unit]:
         fs, path = url_to_fs(url)
+        info = fs.info(path)
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             check_schema(pf.schema_arrow, CURATED_SCHEMA, url)
             meta = pf.metadata
+        size = int(info.get("size") or -1)
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
         stem = hashlib.sha1(url.encode()).hexdigest()[:12]
         units, first = [], 0
         for rg in range(meta.num_row_groups):
             n = meta.row_group(rg).num_rows
-            units.append(Unit(f"{stem}-{rg:05d}", url, rg, n, first))
+            units.append(Unit(f"{stem}-{rg:05d}", url, rg, n, first, size, etag))
             first += n
         return units
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return [u for units in pool.map(footer, files) for u in units]
+
+
+def read_input_ids(units: list[Unit]) -> pa.Table:
+    """``sample_id`` and ``text_only`` of every input row, in unit order (two small columns:
+    the text quota is decided from them and the outputs are recounted against them)."""
+
+    def read(unit: Unit) -> pa.Table:
+        fs, path = url_to_fs(unit.file)
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).read_row_group(
+                unit.row_group, columns=["sample_id", "text_only"]
+            )
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        tables = list(pool.map(read, units))
+    schema = pa.schema([("sample_id", pa.string()), ("text_only", pa.bool_())])
+    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+
+
+# ---------------------------------------------------------------------------------------------
+# The text quota, over the whole input
+# ---------------------------------------------------------------------------------------------
+
+KEEP_ALL = 2**64  # a threshold above every key
+
+
+@dataclass(frozen=True)
+class TextQuota:
+    """Keep a text-only sample when ``text_key(seed, sample_id) < threshold``.
+
+    ``target`` texts among ``text_rows`` are kept so that text / (text + multimodal rows) is
+    ``pack.text_ratio`` over the input (rows the encoder rejects later are not foreseen); with
+    no multimodal rows every text is kept.
+    """
+
+    rows: int
+    text_rows: int
+    target: int
+    threshold: int
+
+
+def text_key(seed: int, sample_id: str) -> int:
+    """A seeded 64-bit hash of a sample id: the order in which text samples are kept."""
+    digest = hashlib.blake2b(f"{seed}\x00{sample_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def text_quota(ids: pa.Table, ratio: float, seed: int) -> TextQuota:
+    """The text quota of an input from its ``sample_id`` / ``text_only`` columns
+    (:func:`read_input_ids`): the ``target`` smallest keys are kept (exactly, for unique ids)."""
+    flags = ids["text_only"].to_numpy(zero_copy_only=False).astype(bool)
+    n_text, n_mm = int(flags.sum()), int((~flags).sum())
+    target = n_text if n_mm == 0 else min(n_text, int(round(ratio / (1.0 - ratio) * n_mm)))
+    threshold = KEEP_ALL
+    if target < n_text:
+        texts = ids["sample_id"].to_numpy(zero_copy_only=False)[flags]
+        keys = sorted(text_key(seed, sid) for sid in texts)
+        threshold = keys[target]
+    return TextQuota(len(flags), n_text, target, threshold)
 
 
 @dataclass(frozen=True)
@@ -83,13 +155,31 @@ class Window:
         return f"w{self.index:05d}"
 
 
+def interleave(units: list[Unit]) -> list[Unit]:
+    """The units of every file merged by how far into its file each one is (its middle row
+    over the file's rows; ties in file order), so consecutive units come from every source in
+    proportion to its size. Deterministic; within a file the order is kept."""
+    order = {f: k for k, f in enumerate(dict.fromkeys(u.file for u in units))}
+    totals: dict[str, int] = {}
+    for u in units:
+        totals[u.file] = totals.get(u.file, 0) + u.num_rows
+    return sorted(
+        units,
+        key=lambda u: (
+            Fraction(2 * u.first_row + u.num_rows, 2 * max(1, totals[u.file])),
+            order[u.file],
+            u.row_group,
+        ),
+    )
+
+
 def plan_windows(units: list[Unit], window_samples: int) -> list[Window]:
-    """Consecutive units, cut when a window reaches ``window_samples`` rows (a unit is never
-    split, so a window may hold up to one unit more)."""
+    """The units interleaved across files (:func:`interleave`), cut when a window reaches
+    ``window_samples`` rows (a unit is never split, so a window may hold up to one unit more)."""
     windows: list[Window] = []
     current: list[Unit] = []
     rows = 0
-    for unit in units:
+    for unit in interleave(units):
         current.append(unit)
         rows += unit.num_rows
         if rows >= window_samples:
@@ -101,10 +191,16 @@ def plan_windows(units: list[Unit], window_samples: int) -> list[Window]:
 
 
 def bucket_of(max_tokens_per_image: int, bounds: list[tuple[str, int]]) -> str:
+    """The first bucket the sample's largest image fits; a sample that fits none is a rejected
+    row (``image_above_every_bucket``), not a stopped job."""
     for name, bound in bounds:
         if max_tokens_per_image <= bound:
             return name
-    raise ValueError(f"an image of {max_tokens_per_image} tokens is above every bucket")
+    raise SampleRejected(
+        "image_above_every_bucket",
+        f"an image of {max_tokens_per_image} tokens is above every bucket "
+        f"(the last holds {bounds[-1][1]})",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,18 +226,22 @@ class Plan:
     text_surplus: list[tuple[str, int]] = field(default_factory=list)  # (unit_id, row)
 
 
-def plan_window(lengths: pa.Table, pack: PackSpec, window: int) -> Plan:
+def plan_window(lengths: pa.Table, pack: PackSpec, window: int, text_threshold: int) -> Plan:
     """Deterministic pack plan of one window from its samples' length columns.
 
     ``lengths`` has :data:`LENGTH_SCHEMA`'s columns in unit order; ``pack`` is the resolved
-    pack settings.
+    pack settings; text-only samples whose :func:`text_key` is below ``text_threshold`` (the
+    input's :class:`TextQuota`) are kept, the others are surplus.
     """
     bucket_names = [b.name for b in pack.buckets]
     plan = Plan()
     cols = {c: lengths[c].to_numpy(zero_copy_only=False) for c in lengths.column_names}
     text_only = cols["text_only"].astype(bool)
     text_idx, mm_idx = np.flatnonzero(text_only), np.flatnonzero(~text_only)
-    keep_text, surplus = _select_text(text_idx, len(mm_idx), pack.text_ratio, pack.seed, window)
+    kept = np.array(
+        [text_key(pack.seed, cols["sample_id"][i]) < text_threshold for i in text_idx], dtype=bool
+    )
+    keep_text, surplus = text_idx[kept], text_idx[~kept]
     plan.text_surplus = [(cols["unit_id"][i], int(cols["row"][i])) for i in surplus]
     members = {b: mm_idx[cols["bucket"][mm_idx] == b] for b in bucket_names}
     for b, extra in _spread_text(keep_text, members, bucket_names).items():
@@ -163,20 +263,6 @@ def plan_window(lengths: pa.Table, pack: PackSpec, window: int) -> Plan:
         for k, s in enumerate(range(0, len(packs), pack.packs_per_shard)):
             plan.shards.append(ShardPlan(b, window, k, packs[s : s + pack.packs_per_shard]))
     return plan
-
-
-def _select_text(
-    text_idx: np.ndarray, n_mm: int, ratio: float, seed: int, window: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep text-only samples so that text / (text + multimodal) is ``ratio``; a window with no
-    multimodal samples keeps all its text. Returns (kept, surplus), chosen by a seeded order."""
-    if n_mm == 0:
-        return text_idx, text_idx[:0]
-    target = int(round(ratio / (1.0 - ratio) * n_mm))
-    if len(text_idx) <= target:
-        return text_idx, text_idx[:0]
-    order = np.random.default_rng([seed, window, 7]).permutation(len(text_idx))
-    return np.sort(text_idx[order[:target]]), np.sort(text_idx[order[target:]])
 
 
 def _spread_text(

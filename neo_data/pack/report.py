@@ -1,6 +1,7 @@
 """The pack job's report: the dataset's index (written last, the commit point), the table
-printed at the end of a run (and by ``neo shards stats``), and the check that every input row
-was packed or dropped with a reason."""
+printed at the end of a run (and by ``neo shards stats``), and the checks that every input row
+was packed or dropped with a reason: from the windows' counts (:func:`verify_report`) and
+recounted from the output files themselves (:func:`recount`), which markers cannot fake."""
 
 from __future__ import annotations
 
@@ -8,16 +9,21 @@ import time
 from collections import Counter
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from neo_data.encoding.tokens import load_tokenizer
 from neo_data.format.schema import PACKED_SCHEMA_NAME, PACKED_SCHEMA_VERSION
 from neo_data.manifest import Manifest
 
 
 def make_report(
-    manifest: Manifest, mhash: str, windows: list[dict], seconds: float
+    manifest: Manifest, mhash: str, windows: list[dict], seconds: float, inputs: dict
 ) -> dict[str, Any]:
     """The dataset's ``index.json`` from every window's result: buckets, totals (with the
-    dropped rows by reason), tokenizer, timing and the shard list, in bucket order."""
+    dropped rows by reason), tokenizer, timing and the shard list, in bucket order. ``inputs``
+    (:func:`neo_data.pack.resume.inputs_record`) gives ``samples_in`` -- the rows planned, not
+    the rows the windows say they read -- and is kept for the rerun check."""
     pack = manifest.resolved_pack()
     tok = load_tokenizer(pack.tokenizer)
     shards = [s for w in windows for s in w["shards"]]
@@ -56,7 +62,7 @@ def make_report(
             "bytes",
         )
     }
-    totals["samples_in"] = sum(u["rows_in"] for u in units)
+    totals["samples_in"] = inputs["rows"]
     totals["dropped"] = dict(sorted(dropped.items()))
     totals["fill"] = totals["tokens"] / (totals["packs"] * pack.seq_len) if totals["packs"] else 0.0
     return {
@@ -64,6 +70,7 @@ def make_report(
         "schema_version": PACKED_SCHEMA_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "manifest": {"name": manifest.name, "stage": manifest.stage, "sha256": mhash},
+        "inputs": inputs,
         "tokenizer": {
             "spec": pack.tokenizer,
             "fingerprint": tok.fingerprint(),
@@ -124,3 +131,61 @@ def verify_report(index: dict) -> None:
     accounted = t["samples"] + sum(t["dropped"].values())
     if accounted != t["samples_in"]:
         raise RuntimeError(f"{t['samples_in']} samples in but {accounted} packed or dropped")
+
+
+def recount(
+    packed: pa.ChunkedArray | pa.Array,
+    rejected: pa.ChunkedArray | pa.Array,
+    samples_in: int,
+    inputs: pa.ChunkedArray | pa.Array | None = None,
+) -> list[str]:
+    """Problems found recounting a dataset from its files: ``packed`` (every sample id in the
+    shards), ``rejected`` (every sample id in ``rejected/``) against ``samples_in`` and, when the
+    input is at hand, the multiset of input sample ids. No sample is packed twice; every input
+    row is packed or rejected exactly once."""
+    problems = []
+    twice = _repeated(packed)
+    if twice:
+        problems.append(f"{len(twice)} sample id(s) packed more than once, e.g. {twice[0]!r}")
+    if len(packed) + len(rejected) != samples_in:
+        problems.append(
+            f"{samples_in} rows in, but the shards hold {len(packed)} samples and rejected/ "
+            f"{len(rejected)} rows"
+        )
+    if inputs is not None and not _same_multiset(
+        out_ids := pa.concat_arrays(_chunks(packed) + _chunks(rejected)),
+        in_ids := pa.concat_arrays(_chunks(inputs)),
+    ):  # (sorted in Arrow; the Python count below runs only to name a difference)
+        out, want = Counter(out_ids.to_pylist()), Counter(in_ids.to_pylist())
+        if out != want:
+            lost = sorted((want - out).elements())
+            extra = sorted((out - want).elements())
+            if lost:
+                problems.append(
+                    f"{len(lost)} input row(s) neither packed nor rejected, e.g. {lost[0]!r}"
+                )
+            if extra:
+                problems.append(
+                    f"{len(extra)} row(s) packed or rejected more often than they are in the "
+                    f"input, e.g. {extra[0]!r}"
+                )
+    return problems
+
+
+def _same_multiset(a: pa.Array, b: pa.Array) -> bool:
+    if len(a) != len(b):
+        return False
+    return a.take(pc.sort_indices(a)).equals(b.take(pc.sort_indices(b)))
+
+
+def _chunks(a: pa.ChunkedArray | pa.Array) -> list[pa.Array]:
+    chunks = a.chunks if isinstance(a, pa.ChunkedArray) else [a]
+    return [c.cast(pa.string()) for c in chunks] or [pa.array([], pa.string())]
+
+
+def _repeated(ids: pa.ChunkedArray | pa.Array) -> list[str]:
+    if not len(ids):
+        return []
+    counts = pc.value_counts(pa.concat_arrays(_chunks(ids)))
+    mask = pc.greater(counts.field("counts"), 1)
+    return sorted(counts.field("values").filter(mask).to_pylist())

@@ -7,14 +7,22 @@ unknown routes included, gets OpenAI's error body. ``stream: true`` is answered 
 server-sent-events format of the API (a role chunk, a content chunk per delta as the tokens come,
 a final chunk with ``finish_reason`` and usage, ``[DONE]``). A streaming client that
 disconnects is dropped.
+
+Request images are decoded in a small pool of worker threads (never on the event loop, where
+one large image would stall every other request), under a cap near the model's ``max_pixels``
+(``ServeSettings.decode_cap``). A server bound to a loopback address answers only requests whose
+``Host`` names it (:mod:`neo_data.hostcheck`, shared with the shard browser): a web page cannot
+reach it by DNS rebinding.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from neo_data.encoding.tokens import NeoTokenizer
+from neo_data.hostcheck import host_allowed
 from neo_model.model import NeoChatModel
 from neo_model.serve.engine import Engine
 from neo_model.serve.protocol import (
@@ -31,13 +40,31 @@ from neo_model.serve.protocol import (
     error_body,
     parse_request,
     read_body,
+    request_prompt,
     usage,
 )
 
+DECODE_THREADS = 4  # images decoded at once: bounds the memory of concurrent decodes
 
-def create_app(model: NeoChatModel, tok: NeoTokenizer, settings: ServeSettings) -> FastAPI:
+
+def create_app(
+    model: NeoChatModel,
+    tok: NeoTokenizer,
+    settings: ServeSettings,
+    allowed_hosts: frozenset[str] = frozenset(),
+) -> FastAPI:
+    """The app; requests whose ``Host`` is not in ``allowed_hosts`` get 421 (an empty set, for
+    a server exposed on purpose, allows any: :func:`neo_data.hostcheck.allowed_hosts`)."""
     engine = Engine(model, tok, settings)
+    decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="neo-serve-decode")
     app = FastAPI(title="neo serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def _host(request: Request, call_next):
+        host = request.headers.get("host")
+        if not host_allowed(host, allowed_hosts):
+            return JSONResponse(error_body(f"unexpected Host {host!r}", 421), status_code=421)
+        return await call_next(request)
 
     @app.exception_handler(BadRequest)
     async def _bad(_: Request, e: BadRequest) -> JSONResponse:
@@ -68,14 +95,16 @@ def create_app(model: NeoChatModel, tok: NeoTokenizer, settings: ServeSettings) 
                 "model",
                 status=404,
             )
+        loop = asyncio.get_running_loop()  # decode and tokenize off the event loop
+        prompt = await loop.run_in_executor(decoder, request_prompt, req, tok, settings)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
-            job = engine.submit(req)
+            job = engine.submit(req, prompt)
             return StreamingResponse(
                 sse_chunks(engine.events(job), cid, created, settings.served_model_name),
                 media_type="text/event-stream",
             )
-        answer = await engine.answer(req)
+        answer = await engine.answer(req, prompt)
         return {
             "id": cid,
             "object": "chat.completion",

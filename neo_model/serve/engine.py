@@ -111,11 +111,12 @@ class Engine:
         self.worker: asyncio.Task | None = None
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0}  # shown by /health
 
-    def submit(self, req: ChatRequest) -> _Job:
-        """Validate ``req`` (a :class:`BadRequest` names what is wrong) and queue it."""
+    def submit(self, req: ChatRequest, prompt: Prompt | None = None) -> _Job:
+        """Validate ``req`` (a :class:`BadRequest` names what is wrong) and queue it; ``prompt``
+        is its :func:`request_prompt` when the caller built it already (off the event loop)."""
         params = sampling(req, self.settings)
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        prompt = request_prompt(req, self.tok, self.settings)
+        prompt = prompt or request_prompt(req, self.tok, self.settings)
         job = _Job(prompt, params, stops, self.tok, asyncio.get_running_loop())
         if self.worker is None or self.worker.done():
             self.wakeup = asyncio.Event()
@@ -137,8 +138,8 @@ class Engine:
         finally:
             job.cancelled = True
 
-    async def answer(self, req: ChatRequest) -> Answer:
-        job = self.submit(req)
+    async def answer(self, req: ChatRequest, prompt: Prompt | None = None) -> Answer:
+        job = self.submit(req, prompt)
         parts, last = [], None
         async for delta in self.events(job):
             parts.append(delta.text)

@@ -29,7 +29,7 @@ from fastapi import Request
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from neo_data.encoding.images import MAX_DECODE_PIXELS, ImageRejected, open_image, smart_resize
+from neo_data.encoding.images import ImageRejected, open_image, smart_resize
 from neo_data.encoding.tokens import NeoTokenizer, TemplateError
 from neo_model.generate import Prompt, SamplingParams
 from neo_model.prompting import build_prompt
@@ -50,6 +50,13 @@ class ServeSettings:
     max_new_tokens: int = 4096  # cap on a request's max_tokens
     default_max_tokens: int = 512
     max_batch_size: int = 8  # requests generated together
+    # Decode cap of request images; 0: four times max_pixels, at least 4096 x 4096 px (an image
+    # a little above the budget is resized, a bigger one refused before it is decoded).
+    max_decode_pixels: int = 0
+
+    @property
+    def decode_cap(self) -> int:
+        return self.max_decode_pixels or max(4 * self.max_pixels, 4096 * 4096)
 
 
 class BadRequest(Exception):
@@ -180,7 +187,7 @@ def request_turns(
                 raise BadRequest("assistant messages cannot contain images", param)
             if len(images) >= settings.max_images:
                 raise BadRequest(f"more than {settings.max_images} images in one request", param)
-            image = decode_data_url(part.image_url.url, MAX_DECODE_PIXELS, f"{param}.image_url")
+            image = decode_data_url(part.image_url.url, settings.decode_cap, f"{param}.image_url")
             try:
                 smart_resize(image.height, image.width, settings.min_pixels, settings.max_pixels)
             except ImageRejected as e:

@@ -12,6 +12,7 @@ nothing more once the last step is checkpointed).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -70,6 +71,33 @@ def absolute_paths(manifest: Manifest) -> Manifest:
     return manifest.model_copy(update={"train": train, "data": data})
 
 
+# Environment forwarded to the workers through Ray's runtime env, which Ray logs at INFO and
+# shows in its state API and dashboard: settings only, never a secret. AWS: where and which
+# profile, not who (no access key, secret key or session token -- workers use their own
+# credential chain: instance profile, IRSA, their node's config files). NEO_* settings are
+# forwarded unless a part of the name says secret.
+FORWARDED_AWS = (
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+)
+FORWARDED = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
+SECRET_PARTS = {"KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIALS", "AUTH"}
+
+
+def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``environ`` the training workers get (see :data:`FORWARDED_AWS`)."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if k in FORWARDED_AWS
+        or k in FORWARDED
+        or (k.startswith("NEO_") and not SECRET_PARTS & set(k.split("_")))
+    }
+
+
 def run_stage(manifest: Manifest) -> StageResult:
     """Run ``manifest``'s training stage on the Ray cluster this process is connected to."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -81,11 +109,7 @@ def run_stage(manifest: Manifest) -> StageResult:
     manifest = absolute_paths(manifest)
     spec = manifest.train
     path, filesystem = storage(spec.output)
-    env_vars = {
-        k: v
-        for k, v in os.environ.items()
-        if k.startswith(("AWS_", "NEO_")) or k in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
-    }
+    env_vars = worker_env(os.environ)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"manifest": manifest.model_dump(mode="json")},

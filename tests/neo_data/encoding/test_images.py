@@ -168,3 +168,53 @@ def test_16_bit_grey_keeps_its_top_8_bits_unless_it_fits_in_8(value, expected):
     out = prepare_image(_encode(grey, "PNG"), 1024, 65536, ImageEncoding("png"))
     pixels = np.asarray(Image.open(io.BytesIO(out.data)))
     assert pixels.shape == (64, 64, 3) and (pixels == expected).all()
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.integers(1, 20000),
+    st.integers(1, 20000),
+    st.integers(1024, 4_194_304),
+    st.floats(0.0, 1.0),
+)
+def test_smart_resize_never_exceeds_max_pixels_for_any_budget(h, w, hi, lo_fraction):
+    """Any size and aspect (up to 200), any budget with ``min_pixels <= max_pixels``: the target
+    is multiples of 32, at least 32 a side and never above ``max_pixels`` -- the 32 px clamp of a
+    thin image and the ceil of an upscale used to end above it, where no bucket fits. Where the
+    Qwen2-VL peer stays within the budget (and rounds no side to 0), ours equals it."""
+    lo = max(1, int(hi * lo_fraction))
+    if max(h, w) / min(h, w) > 200:
+        return
+    got = smart_resize(h, w, lo, hi)
+    assert got[0] % 32 == 0 and got[1] % 32 == 0 and min(got) >= 32
+    assert got[0] * got[1] <= hi, (h, w, lo, hi, got)
+    if round(h / 32) and round(w / 32):
+        peer = qwen_smart_resize(h, w, factor=32, min_pixels=lo, max_pixels=hi)
+        if peer[0] * peer[1] <= hi:
+            assert got == peer
+
+
+def test_the_clamp_and_ceil_cases_that_went_above_max_pixels():
+    # a 20 x 4000 px strip at 64 tokens: the short side clamps to 32 px, the long side was
+    # floored for the unclamped scale (113 tokens); and an upscale to min_pixels == max_pixels
+    # rounded both sides up (6144 > 4096 px)
+    h, w = smart_resize(20, 4000, 4096, 65536)
+    assert h == 32 and h * w <= 65536
+    h, w = smart_resize(33, 50, 4096, 4096)
+    assert h * w <= 4096 and h % 32 == 0 and w % 32 == 0
+
+
+def test_max_decode_pixels_above_pillows_warning_limit_is_honoured():
+    """A 10000 x 9000 px image (90M px, above Pillow's 89.5M warning) decodes under a cap of
+    100M px and is refused under 80M px, by our cap and reason either way."""
+    from neo_data.encoding.images import open_image
+
+    data = _encode(Image.new("L", (10000, 9000)), "PNG", compress_level=1)
+    img = open_image(data, max_decode_pixels=100_000_000)
+    assert img.size == (10000, 9000)
+    with pytest.raises(ImageRejected) as e:
+        open_image(data, max_decode_pixels=80_000_000)
+    assert e.value.reason == "image_too_many_pixels" and "80000000" in e.value.detail
+    # a cap above twice the warning limit (Pillow's own error) holds too, header only
+    with pytest.raises(ImageRejected, match="above the decode cap of 300000000"):
+        open_image(_png_header_only(18000, 17000), max_decode_pixels=300_000_000)

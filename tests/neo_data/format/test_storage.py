@@ -93,3 +93,50 @@ def test_the_writer_keeps_image_bytes_and_compresses_the_rest():
     assert got.pop("images.list.element.bytes") == "UNCOMPRESSED"
     assert set(got.values()) == {"ZSTD"}, got
     assert pq.read_table(io.BytesIO(table_to_parquet_bytes(curated))).equals(curated)
+
+
+def test_atomic_write_fsyncs_the_file_and_its_directory_on_local_disks(tmp_path, monkeypatch):
+    """A rename without fsync can leave an empty file after a power cut: the data is synced
+    before the rename and the directory entry after it."""
+    import os
+    import stat
+
+    import fsspec
+
+    from neo_data.format.storage import atomic_write
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(
+            "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else os.readlink(f"/proc/self/fd/{fd}")
+        )
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    target = tmp_path / "sub" / "a.json"
+    atomic_write(fsspec.filesystem("file"), str(target), b"payload")
+    assert target.read_bytes() == b"payload"
+    assert len(synced) == 2 and synced[0].startswith(str(target) + ".tmp-") and synced[1] == "dir"
+    assert [p.name for p in target.parent.iterdir()] == ["a.json"]
+
+
+def test_stale_temporaries_of_a_killed_job_are_removed_and_nothing_else(tmp_path):
+    import fsspec
+
+    from neo_data.format.storage import remove_stale_temporaries
+
+    keep = ["shards/low/shard-00000-0000.parquet", "rejected/x.parquet", "notes.tmp-mine",
+            "shards/low/a.parquet.tmp-1234", "other/b.parquet.tmp-" + "a" * 32]  # fmt: skip
+    stale = ["shards/low/shard-00000-0001.parquet.tmp-" + "0f" * 16,
+             "_work/windows/w00001.json.tmp-" + "e" * 32]  # fmt: skip
+    for name in keep + stale:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_stale_temporaries(
+        fsspec.filesystem("file"), str(tmp_path), ["shards", "rejected", "_work"]
+    )
+    assert sorted(removed) == sorted(str(tmp_path / s) for s in stale)
+    assert all((tmp_path / k).exists() for k in keep)
+    assert not any((tmp_path / s).exists() for s in stale)

@@ -277,7 +277,7 @@ def test_set_refuses_an_invalid_result_and_leaves_the_file_unchanged(tmp_path):
     stat = path.stat()
     cases = {
         "pack.seq_len=-1": "pack.seq_len: -1 -- Input should be greater than 0",
-        "pack.sequence_len=1": "pack.sequence_len: 1 -- unknown key",
+        "pack.sequence_len=1": "pack.sequence_len: unknown key",
         "pack.buckets[5].name=x": r"pack.buckets[5]: no such item, the list has 2",
         "pack.seq_len.x=1": "pack.seq_len.x: pack.seq_len is not a mapping",
         "pack.seq_len": "expected KEY=VALUE",
@@ -373,3 +373,47 @@ def test_json_schema_accepts_what_the_model_accepts(tmp_path):
     assert list(validator.iter_errors({**partial, "pack": {"buckets": [{"name": "x"}]}})) == []
     assert list(validator.iter_errors({**partial, "pack": {"seq_lenn": 1}}))
     assert list(validator.iter_errors({k: v for k, v in partial.items() if k != "extends"}))
+
+
+FAKE_SECRET = "FAKE-SECRET-9f8e7d6c5b4a"
+
+
+@pytest.mark.parametrize("name", ["credentials", "secrets.env", "id_rsa.json", "creds.yaml.bak"])
+def test_extends_reads_manifest_files_only(tmp_path, name):
+    """``extends`` names a base manifest: a .yaml/.yml file. Anything else (a credentials file,
+    a dotenv, a key) is refused before it is read, so its content can never reach an error."""
+    write(tmp_path, name, f"[default]\naws_secret_access_key = {FAKE_SECRET}\n")
+    path = write(tmp_path, "m.yaml", f"extends: {name}\nname: x\n")
+    with pytest.raises(ManifestError) as e:
+        load_manifest(path)
+    assert FAKE_SECRET not in str(e.value)
+    assert f"m.yaml:1: extends: {name!r}" in str(e.value) and ".yaml or .yml" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "ref", ["http://169.254.169.254/latest/meta-data/base.yaml", "https://example.com/b.yml"]
+)
+def test_extends_fetches_no_web_url(tmp_path, ref):
+    path = write(tmp_path, "m.yaml", f"extends: {ref}\nname: x\n")
+    with pytest.raises(ManifestError, match=r"m\.yaml:1: extends: .* not fetched"):
+        load_manifest(path)
+
+
+def test_unknown_keys_are_named_without_their_values(tmp_path):
+    """A secrets file that is YAML, extended by mistake: every key is unknown; the error names
+    each key with its file and line, never the value."""
+    write(tmp_path, "secrets.yaml", f"api_key: {FAKE_SECRET}\ndb:\n  password: {FAKE_SECRET}\n")
+    path = write(tmp_path, "m.yaml", BASE.replace("# the base", "extends: secrets.yaml\n#"))
+    with pytest.raises(ManifestError) as e:
+        load_manifest(path)
+    msg = str(e.value)
+    assert FAKE_SECRET not in msg
+    assert "secrets.yaml:1: api_key: unknown key" in msg
+    assert "secrets.yaml:3: db: unknown key" in msg
+
+
+def test_yaml_errors_quote_no_line_of_the_file(tmp_path):
+    path = write(tmp_path, "m.yaml", f"name: x\ntoken: {FAKE_SECRET}: [\n")
+    with pytest.raises(ManifestError, match=r"m\.yaml:2:\d+: not valid YAML") as e:
+        load_manifest(path)
+    assert FAKE_SECRET not in str(e.value)

@@ -393,3 +393,36 @@ def test_openai_backend_sampling_settings_reach_the_server(server):
         OpenAISpec(endpoint=server),
     ).caption(image)[0]  # fmt: skip
     assert other.reason == "endpoint_error" and "top_p" in other.detail  # a 400, on the row
+
+
+def test_a_foreign_host_header_is_refused(server):
+    """A loopback server answers only requests addressed to it: a web page that rebinds its own
+    name to 127.0.0.1 sends its name as Host and is refused (as the shard browser does)."""
+    base = server.rsplit("/v1", 1)[0]
+    port = base.rsplit(":", 1)[1]
+    for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1:1"):
+        r = httpx.get(f"{base}/health", headers={"Host": host}, timeout=10)
+        assert r.status_code == 421, host
+        assert "unexpected Host" in r.json()["error"]["message"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert httpx.get(f"{base}/health", headers={"Host": host}, timeout=10).status_code == 200
+
+
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_images_above_the_decode_cap_near_max_pixels_are_refused_unread(server):
+    """The debug checkpoint's budget is 65,536 px: the decode cap is 4096 x 4096 px (not the
+    packer's 179M px), so a 5000 x 5000 px header is refused before anything is decoded."""
+    r = post(server, {"messages": [image_message(data_url(_png_header(5000, 5000)))]})
+    assert r.status_code == 400
+    msg = r.json()["error"]["message"]
+    assert "image_too_many_pixels" in msg and "16777216" in msg

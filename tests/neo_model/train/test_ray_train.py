@@ -237,3 +237,42 @@ def test_three_stages_chain_through_their_exports(ray_local, tiny_packed, tmp_pa
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_no_secret_reaches_the_workers_runtime_env(monkeypatch, tmp_path, caplog):
+    """Ray logs a job's runtime env at INFO and shows it in its state API: the secret key, the
+    session token and a NEO_*_KEY never go there; region, endpoint and profile do."""
+    import ray.train.torch
+
+    from neo_data.manifest import load_manifest
+    from neo_model.train import ray_train
+    from tests.helpers import REPO
+
+    fake = "FAKE-SECRET-d0e1f2a3b4c5"
+    secrets = {"AWS_SECRET_ACCESS_KEY": fake, "AWS_SESSION_TOKEN": fake + "-token",
+               "AWS_ACCESS_KEY_ID": "AKIA" + fake, "NEO_TEST_KEY": fake + "-neo"}  # fmt: skip
+    settings = {"AWS_REGION": "eu-west-3", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+                "AWS_PROFILE": "train", "NEO_TRAIN_PACK_LOG": str(tmp_path)}  # fmt: skip
+    for k, v in {**secrets, **settings}.items():
+        monkeypatch.setenv(k, v)
+    seen = {}
+
+    class Trainer:
+        def __init__(self, *args, **kwargs):
+            seen["env"] = kwargs["run_config"].worker_runtime_env
+
+        def fit(self):
+            raise _Captured
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Trainer)
+    manifest = load_manifest(REPO / "manifests" / "demo.yaml", {"train.output": str(tmp_path)})
+    with caplog.at_level("DEBUG"), pytest.raises(_Captured):
+        ray_train.run_stage(manifest)
+    env = seen["env"]["env_vars"]
+    assert fake not in repr(seen["env"]) and fake not in caplog.text
+    assert not set(secrets) & set(env)
+    assert {k: env[k] for k in settings} == settings

@@ -75,14 +75,18 @@ def set_trainable(model: nn.Module, config: NeoConfig, stage: str, trainable: st
 
 
 def stage_config(spec: TrainSpec) -> NeoConfig:
-    """The stage's model config: the ``random`` preset's, or read from ``init.path``."""
+    """The stage's model config: the ``random`` preset's, or read from ``init.path``; with the
+    manifest's ablation switches (``train.rope``, ``train.attention``) where set."""
     init = spec.init
     if init.kind == "random":
-        return getattr(presets, init.preset)()
-    local = get_dir(init.path)
-    if init.kind == "qwen3":
-        return NeoConfig.from_qwen3(_read_config(local), init.pre_buffer_layers)
-    return NeoConfig.from_released(_read_config(local))
+        config = getattr(presets, init.preset)()
+    elif init.kind == "qwen3":
+        config = NeoConfig.from_qwen3(_read_config(get_dir(init.path)), init.pre_buffer_layers)
+    else:
+        config = NeoConfig.from_released(_read_config(get_dir(init.path)))
+    return config.replace(
+        rope=spec.rope or config.rope, attention=spec.attention or config.attention
+    )
 
 
 def initial_state(spec: TrainSpec, config: NeoConfig) -> dict[str, torch.Tensor]:

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from neo_data.ray_env import init_ray
 
-    init_ray()
+    init_ray(log_file=out / "logs" / "ray.log")  # Ray's own logging: not on the console
     t0 = time.perf_counter()
     pack_cfg = pack_section(args)
     stage_data = {

@@ -179,35 +179,78 @@ class Progress:
         print(self.line(done, extra), file=self.out, flush=True)
 
 
-def tree_cpu_seconds(pid: int | None = None) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` (default: this one) and all
-    its descendants, living or already reaped -- a local Ray's raylet and workers included.
+def _proc_table() -> dict[int, tuple[int, int, int]]:
+    """``pid -> (ppid, start time, own user + system ticks)`` of every process in ``/proc``."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        table[int(entry)] = (int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12]))
+    return table
 
-    Each living process of the tree counts its own time plus that of its reaped children
-    (``/proc/<pid>/stat`` utime, stime, cutime, cstime), so every CPU second is counted once.
-    Where ``/proc`` is missing, this process and its reaped children only (``resource``)."""
-    import resource
 
-    root = os.getpid() if pid is None else pid
-    try:
-        stats = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
-    except FileNotFoundError:
-        usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-        return sum(u.ru_utime + u.ru_stime for u in usage)
-    children: dict[int, list[int]] = {}
-    for p, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(p)
-    ticks, todo = 0, [root]
-    while todo:
-        p = todo.pop()
-        ticks += stats.get(p, (0, 0))[1]
-        todo.extend(children.get(p, []))
-    return ticks / os.sysconf("SC_CLK_TCK")
+class CpuMeter:
+    """CPU seconds (user + system) used by this process and all its descendants -- a local
+    Ray's raylet and workers included -- while it runs.
+
+    A background thread reads ``/proc`` every ``interval`` seconds and keeps the last CPU time
+    seen of every process of the tree (keyed by pid and start time); a process that exits keeps
+    its last sample (Ray's raylet does not collect its workers' times, so the kernel's
+    ``cutime`` would lose them): at most ``interval`` of a short-lived process goes uncounted.
+    Without ``/proc``, this process and its collected children only (``resource``).
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import threading
+
+        self.interval = interval
+        self.root = os.getpid()
+        self.seen: dict[tuple[int, int], int] = {}
+        self.proc = os.path.isdir("/proc")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="neo-cpu-meter", daemon=True)
+        self._lock = threading.Lock()
+        if self.proc:
+            self.sample()
+            self._thread.start()
+
+    def sample(self) -> None:
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        todo, tree = [self.root], []
+        while todo:
+            pid = todo.pop()
+            if pid in table:
+                tree.append(pid)
+            todo.extend(children.get(pid, []))
+        with self._lock:
+            for pid in tree:
+                _, started, ticks = table[pid]
+                self.seen[(pid, started)] = ticks
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def seconds(self) -> float:
+        """CPU seconds of the tree so far (a fresh sample first)."""
+        if not self.proc:
+            import resource
+
+            usage = [
+                resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            ]
+            return sum(u.ru_utime + u.ru_stime for u in usage)
+        self.sample()
+        with self._lock:
+            return sum(self.seen.values()) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -40,17 +40,17 @@ class Steps:
     shared machine the CPU seconds say what a step costs) and keeps the summary rows."""
 
     def __init__(self, planned: int) -> None:
+        from neo_data.console import CpuMeter
+
         self.rows: list[dict[str, Any]] = []
         self.planned = planned
-        self.t0 = time.perf_counter()
+        self.cpu = CpuMeter()
 
     def run(self, name: str, fn: Callable[[], Any], describe: Callable[[Any], str]) -> Any:
-        from neo_data.console import tree_cpu_seconds
-
         print(f"\n==> [{len(self.rows) + 1}/{self.planned}] {name}", flush=True)
-        t0, c0 = time.perf_counter(), tree_cpu_seconds()
+        t0, c0 = time.perf_counter(), self.cpu.seconds()
         result = fn()
-        seconds, cpu = time.perf_counter() - t0, tree_cpu_seconds() - c0
+        seconds, cpu = time.perf_counter() - t0, self.cpu.seconds() - c0
         what = describe(result)
         self.rows.append({"step": name, "seconds": seconds, "cpu_seconds": cpu, "result": what})
         print(f"<== {name}: {what} ({seconds:.1f} s, {cpu:.0f} CPU s)", flush=True)

@@ -202,9 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     pack = first.resolved_pack()
     rows = WebRows(size=args.image_size)
     steps = Steps(planned=4 + 2 * len(stages) + 2)
-    ray_log = init_ray(log_file=out / LOG_NAME)
     tok = load_tokenizer(pack.tokenizer)
+    # before Ray starts: the language model needs none, and Ray's processes would idle meanwhile
     steps.run("language model", lambda: train_language_model(out, rows, args, tok), str)
+    ray_log = init_ray(log_file=out / LOG_NAME)
     steps.run("captioner", lambda: make_captioner(out, pack), str)
     with serve_directory(out / "web") as base_url:
         steps.run(

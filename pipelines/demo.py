@@ -96,10 +96,13 @@ def prepare_out(out: Path) -> None:
 
 def train_language_model(out: Path, rows, args, tok) -> str:
     """The stage-1 start: a debug Qwen3 trained on the demo conversations' text (no images)."""
+    from transformers.utils import logging as hf_logging
+
     from neo_data.console import Progress
     from neo_data.synthetic.learning import lm_texts
     from neo_model.testing import train_tiny_lm
 
+    hf_logging.disable_progress_bar()  # the console's lines are the job's
     scenes = rows.training_scenes(args.seed, args.captions + args.recaption, args.conversations)
     texts = lm_texts(tok, scenes, args.seed, rows.turns)
 
@@ -108,9 +111,6 @@ def train_language_model(out: Path, rows, args, tok) -> str:
         texts, args.lm_steps, args.lm_lr, args.seed,
         on_progress=lambda step, loss: line.update(step, f"loss {loss:.3f}"),
     )  # fmt: skip
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the console's lines are the job's
     model.save_pretrained(out / LM_DIR)
     return f"{len(texts)} conversations' text, {args.lm_steps} steps, loss {curve[-1]['loss']:.3f}"
 

@@ -234,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lm-lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="reuse data and stages already in --out")
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="train the paper's four Table 3 variants (rope native | 1d x attention mixed | "
+        "causal) on the same data, seeds and steps; print their held-out tables side by side",
+    )
     args = ap.parse_args(argv)
 
     out = Path(args.out).resolve()
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from neo_data.ray_env import init_ray
 
-    init_ray()
+    init_ray(log_file=out / "logs" / "ray.log")  # Ray's own logging: not on the console
     t0 = time.perf_counter()
     pack_cfg = pack_section(args)
     stage_data = {
@@ -311,26 +317,64 @@ def main(argv: list[str] | None = None) -> int:
     timings["lm"] = time.perf_counter() - t0
 
     pixels = args.image_size * args.image_size
+    if args.ablation:
+        return ablation(args, out, lm_dir, stage_data, pack_cfg, tok, held, images, qas,
+                        eval_urls, pixels)  # fmt: skip
     results: dict[str, Any] = {"args": vars(args), "lm_curve": lm_curve, "lm_caption_loss": lm_loss}
     results["init"] = evaluate(
         untrained_export(lm_dir, out / "models" / "neo-init", 2), tok, held, images, qas,
         eval_urls, pixels,
     )  # fmt: skip
     progress("init", results["init"], 0.0)
+
+    def on_stage(stage: str, export: str, seconds: float) -> None:
+        results[stage] = evaluate(export, tok, held, images, qas, eval_urls, pixels)
+        progress(stage, results[stage], seconds)
+
+    _, stage_times, curves = train_stages(
+        args, out, out / "packed", lm_dir, stage_data, pack_cfg, on_stage=on_stage
+    )
+    timings.update(stage_times)
+    timings["total"] = time.perf_counter() - t_all
+    results["curves"], results["timings"] = curves, timings
+    results["packed"] = {s: packed[s]["totals"] for s in STAGES}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    report(results, args, len(held))
+    return 0
+
+
+VARIANTS = (("native", "mixed"), ("1d", "mixed"), ("native", "causal"), ("1d", "causal"))
+
+
+def train_stages(
+    args,
+    out: Path,
+    packed: Path,
+    lm_dir: Path,
+    stage_data,
+    pack_cfg,
+    variant: tuple[str, str] | None = None,
+    on_stage=None,
+) -> tuple[str, dict[str, float], dict[str, list[dict]]]:
+    """The three stages from the language model, on the packs under ``packed``, runs under
+    ``out`` (with ``variant``, each stage's manifest names its ``train.rope`` /
+    ``train.attention``); ``on_stage(stage, export, seconds)`` after each. Returns the last
+    export and each stage's time and loss curve."""  # fmt: skip
     previous = {"kind": "qwen3", "path": str(lm_dir), "pre_buffer_layers": 2}
-    curves: dict[str, list[dict]] = {}
+    timings, curves, export = {}, {}, ""
+    switches = {"rope": variant[0], "attention": variant[1]} if variant else {}
     for stage, steps, lr in zip(STAGES, args.steps, args.lr, strict=True):
         run_dir = out / "train" / stage
         if run_dir.exists():
             shutil.rmtree(run_dir)
         m = write_manifest(out / "manifests" / f"train-{stage}.yaml", {
             "name": f"bench-{stage}", "stage": stage,
-            "data": {"curated": stage_data[stage], "packed": str(out / "packed" / stage)},
+            "data": {"curated": stage_data[stage], "packed": str(packed / stage)},
             "pack": pack_cfg,
             "train": {
                 "init": previous, "output": str(run_dir), "steps": steps, "lr": lr,
                 "warmup": 0.05, "num_workers": 1, "log_every": 10,
-                "checkpoint_every": steps, "seed": args.seed,
+                "checkpoint_every": steps, "seed": args.seed, **switches,
             },
         })  # fmt: skip
         timings[stage] = train(m, out / f"train-{stage}.log")
@@ -338,14 +382,53 @@ def main(argv: list[str] | None = None) -> int:
             json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
         ]
         export = str(run_dir / "export")
-        results[stage] = evaluate(export, tok, held, images, qas, eval_urls, pixels)
-        progress(stage, results[stage], timings[stage])
+        if on_stage is not None:
+            on_stage(stage, export, timings[stage])
         previous = {"kind": "neo", "path": export}
-    timings["total"] = time.perf_counter() - t_all
-    results["curves"], results["timings"] = curves, timings
-    results["packed"] = {s: packed[s]["totals"] for s in STAGES}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    report(results, args, len(held))
+    return export, timings, curves
+
+
+def ablation(args, out, lm_dir, stage_data, pack_cfg, tok, held, images, qas, eval_urls, pixels):
+    """Train and evaluate each variant of :data:`VARIANTS` after all three stages."""
+    from neo_model.weights import from_pretrained
+
+    results: dict[str, Any] = {"args": vars(args), "variants": {}}
+    for rope, attention in VARIANTS:
+        name = f"{rope}+{attention}"
+        export, timings, curves = train_stages(
+            args,
+            out / "ablation" / name,
+            out / "packed",
+            lm_dir,
+            stage_data,
+            pack_cfg,
+            (rope, attention),
+        )
+        config = from_pretrained(export).config
+        assert (config.rope, config.attention) == (rope, attention), (name, config)
+        e = evaluate(export, tok, held, images, qas, eval_urls, pixels)
+        progress(name, e, sum(timings.values()))
+        results["variants"][name] = {**e, "timings": timings, "curves": curves}
+    (out / "ablation.json").write_text(json.dumps(results, indent=2))
+    names = list(results["variants"])
+    print(f"\nablation: {len(held)} held-out scenes, steps {args.steps}, "
+          f"{args.image_size}px, seed {args.seed} (Table 3 of the paper: rope x attention)")  # fmt: skip
+    print(f"{'':<22}" + "".join(f"{n:>16}" for n in names))
+    rows = [("held-out loss", "loss", None), ("loss, other image", "loss_shuffled", None)]
+    rows += [(a, "describe", a) for a in (*ATTRS, "exact")]
+    for label, key, attr in rows:
+        cells = []
+        for n in names:
+            e = results["variants"][n]
+            if attr is None:
+                cells.append(f"{e[key]:>16.3f}")
+            else:
+                cells.append(f"{e['describe'][attr]:>9.1%} ({e['describe_other'][attr]:>4.0%})")
+        print(f"{label:<22}" + "".join(cells))
+    print(f"{'QA exact':<22}" + "".join(f"{results['variants'][n]['qa']:>16.1%}" for n in names))
+    print(f"{'train time s':<22}" + "".join(
+        f"{sum(results['variants'][n]['timings'].values()):>16.0f}" for n in names))  # fmt: skip
+    print("  attribute cells: held-out accuracy (the same answers against another image)")
     return 0
 
 

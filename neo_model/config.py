@@ -15,11 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from neo_data.encoding.tokens import IMG_CONTEXT_ID, IMG_END_ID, IMG_START_ID
 
 TEMPLATE = "neo1_0"
+
+# The paper's Table 3 ablations. "native": T/H/W as the packer writes them (section 4 of the
+# architecture doc); "1d": images as a text run (T one step per token, H = W = 0, so the H/W
+# parts of q/k carry no position). "mixed": NEO's mask (bidirectional within an image);
+# "causal": plain causal attention over images too.
+RopeMode = Literal["native", "1d"]
+AttentionMode = Literal["mixed", "causal"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,18 @@ class NeoConfig:
     downsample: int = 2  # dense_embedding kernel = stride: one token per 32x32 pixels
     min_pixels: int = 65_536
     max_pixels: int = 4_194_304
+    # Ablation switches (default: the released model's).
+    rope: RopeMode = "native"
+    attention: AttentionMode = "mixed"
 
     def __post_init__(self) -> None:
+        _check(self.rope in get_args(RopeMode), "rope", self.rope, "'native' or '1d'")
+        _check(
+            self.attention in get_args(AttentionMode),
+            "attention",
+            self.attention,
+            "'mixed' or 'causal'",
+        )
         _check(self.head_dim % 4 == 0, "head_dim", self.head_dim, "a multiple of 4")
         _check(
             self.num_attention_heads % self.num_key_value_heads == 0,
@@ -112,6 +129,9 @@ class NeoConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "max_position_embeddings_hw": self.max_position_embeddings_hw,
             "tie_word_embeddings": self.tie_word_embeddings,
+            # ours (the released models are native + mixed); a checkpoint records its ablation
+            "rope_mode": self.rope,
+            "attention_mode": self.attention,
         }
         vision = {
             "architectures": ["NEOVisionModel"],
@@ -172,6 +192,8 @@ class NeoConfig:
             downsample=round(1.0 / downsample_ratio),
             min_pixels=int(_scalar(vision, "min_pixels", "vision_config", default=65_536)),
             max_pixels=int(_scalar(vision, "max_pixels", "vision_config", default=4_194_304)),
+            rope=str(_scalar(llm, "rope_mode", "llm_config", default="native")),
+            attention=str(_scalar(llm, "attention_mode", "llm_config", default="mixed")),
         )
         llm_hidden = vision.get("llm_hidden_size")
         if (

@@ -33,7 +33,7 @@ from neo_model.attention import AttentionMask, Backend, attend, build_mask, stac
 from neo_model.cache import KVCache
 from neo_model.config import NeoConfig
 from neo_model.loss import LossWeighting, causal_lm_loss, chunked_token_loss
-from neo_model.rope import NativeRope, apply_rope, vision_rope_2d
+from neo_model.rope import NativeRope, apply_rope, text_run_positions, vision_rope_2d
 
 # ---------------------------------------------------------------------------------------------
 # Language model
@@ -384,12 +384,16 @@ class NeoChatModel(nn.Module):
             backend = "flex" if input_ids.device.type == "cuda" and prompt else "sdpa_segments"
 
         inputs_embeds = self.embed(input_ids, pixel_values)
-        rope = NativeRope.build(self.config, t_index, h_index, w_index)
         q_offset = 0
         mask_ids, mask_ordinal = sample_ids, image_ordinal
         if cache is not None:
             q_offset = cache.length
             mask_ids, mask_ordinal = cache.extend_tokens(sample_ids, image_ordinal)
+        if self.config.rope == "1d":  # ablation: images as a text run
+            t_index, h_index, w_index = text_run_positions(t_index, mask_ids, mask_ordinal)
+        rope = NativeRope.build(self.config, t_index, h_index, w_index)
+        if self.config.attention == "causal":  # ablation: no image is bidirectional
+            mask_ordinal = torch.full_like(mask_ordinal, -1)
         mask = build_mask(mask_ids, mask_ordinal, backend, q_offset)
 
         hidden_states = self.language_model.model(inputs_embeds, rope, mask, cache)

@@ -3,6 +3,8 @@
 * The language model's native RoPE (:class:`NativeRope`): rotate-half tables for the three axes
   of every token, T (``head_dim`` wide, ``rope_theta``) and H / W (``head_dim / 2`` each,
   ``rope_theta_hw``), applied to the T / H / W parts of q and k by :func:`apply_rope`.
+* The 1D-RoPE ablation (:func:`text_run_positions`): the same tokens with every image as a run
+  of text positions, from the native indices (``NeoConfig.rope == "1d"``).
 * The patch embedding's 2D RoPE (:func:`vision_rope_2d`): adjacent-pair rotation of the patch
   features by column and row index, as in the released ``NEOVisionEmbeddings``.
 """
@@ -94,3 +96,34 @@ class NativeRope:
             h=rope_cos_sin(h_index, config.hw_dim, config.rope_theta_hw),
             w=rope_cos_sin(w_index, config.hw_dim, config.rope_theta_hw),
         )
+
+
+def text_run_positions(
+    t_index: torch.Tensor, sample_ids: torch.Tensor, image_ordinal: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 1D-RoPE ablation's ``(t, h, w)`` from the native ``t_index [B, L]``.
+
+    Native RoPE gives all tokens of one image one T; here each image token takes a T of its own,
+    as if the image were text: token ``k`` of a sample gets its native T plus the number of
+    image tokens before it in the sample that did not advance T (every image token after its
+    image's first). H = W = 0 everywhere (the H/W parts of q/k see no position). ``sample_ids``
+    and ``image_ordinal`` ``[B, L']`` may be longer than ``t_index`` (``L' >= L``: a KV cache's
+    history in front); the last ``L`` positions are returned, so decoding continues the run.
+    """
+    length = t_index.shape[1]
+    is_image = image_ordinal >= 0
+    same_prev = torch.zeros_like(is_image)
+    same_prev[:, 1:] = (image_ordinal[:, 1:] == image_ordinal[:, :-1]) & (
+        sample_ids[:, 1:] == sample_ids[:, :-1]
+    )
+    extra = (is_image & same_prev).long()  # image tokens that native RoPE did not step T for
+    inclusive = extra.cumsum(dim=1)
+    starts = torch.ones_like(is_image)
+    starts[:, 1:] = sample_ids[:, 1:] != sample_ids[:, :-1]
+    positions = torch.arange(sample_ids.shape[1], device=sample_ids.device).expand_as(sample_ids)
+    first = torch.where(starts, positions, torch.zeros_like(positions)).cummax(dim=1).values
+    before_sample = (inclusive - extra).gather(1, first)  # run count before the sample's start
+    shift = (inclusive - before_sample)[:, -length:]
+    t = t_index + shift.to(t_index.dtype)
+    zeros = torch.zeros_like(t)
+    return t, zeros, zeros

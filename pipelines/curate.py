@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from neo_data.console import job_log_file
 from neo_data.curate.job import run_curate
 from neo_data.curate.plan import CurateError
 from neo_data.curate.report import format_report
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_job_manifest(args, "curate")
     if manifest is None:
         return 2
-    init_ray()
+    init_ray(log_file=job_log_file(manifest.curate.output, "curate"))
     try:
         result = run_curate(manifest, concurrency=args.concurrency)
     except (CurateError, *JOB_ERRORS) as e:

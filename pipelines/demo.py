@@ -1,18 +1,24 @@
-"""The main job on the embedded default: curate -> recaption -> pack -> train stages 1, 2, 3 ->
-ask the trained model about an image it never saw.
+"""The main job on the embedded default: a language model, then curate -> recaption -> pack ->
+train stages 1, 2, 3 -> ask the trained model about images it never saw.
 
     neo demo [--out runs/demo] [--captions N --recaption N --conversations N --texts N]
 
 Local Ray on 127.0.0.1, local files, the bundled generator's images served by a loopback HTTP
-server, a tiny random Qwen3 as the stage-1 starting point (no model hub here) and the debug NEO
-size, so that the chain runs on a laptop CPU. The manifests are manifests/demo.yaml (stage 1,
-curation, recaption) and demo-midtrain.yaml / demo-sft.yaml; every path in them under runs/demo
-moves to --out.
+server. The data is the learning cut of the generator (``neo_data.synthetic.learning.WebRows``:
+one group of shapes per scene, 96 px PNGs, 3 x 3 image tokens). No model hub here, so the first
+step trains the tiny Qwen3 the stage-1 manifest starts from on the *text* of the demo's
+conversations (images removed: what a Qwen3 checkpoint is to the paper); a random debug NEO is
+the recaption job's captioner. The manifests are manifests/demo.yaml (stage 1, curation,
+recaption) and demo-midtrain.yaml / demo-sft.yaml; every path in them under runs/demo moves to
+--out. The last step answers "Describe the image." about held-out scenes (captions no training
+row has) and scores them per attribute; ``<out>/summary.json`` keeps every step and that table.
+Ray's own logging goes to ``<out>/logs/ray.log``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -25,28 +31,40 @@ from neo_data.manifest import Manifest, example_path, load_manifest
 STAGE_MANIFESTS = ("demo.yaml", "demo-midtrain.yaml", "demo-sft.yaml")
 DEFAULT_ROOT = "runs/demo"
 MARKER = ".neo-demo"  # a directory `neo demo` made (and may replace on the next run)
+LM_DIR = "models/qwen3-lm"  # the stage-1 manifest's train.init.path, under the run directory
+SHOWN = 4  # held-out answers printed beside their truth
 
 
 class Steps:
-    """Runs the steps, prints progress and keeps the summary rows."""
+    """Runs the steps, prints a line before and after each (with wall and CPU seconds: on a
+    shared machine the CPU seconds say what a step costs) and keeps the summary rows."""
 
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, float, str]] = []
+    def __init__(self, planned: int) -> None:
+        from neo_data.console import CpuMeter
+
+        self.rows: list[dict[str, Any]] = []
+        self.planned = planned
+        self.cpu = CpuMeter()
 
     def run(self, name: str, fn: Callable[[], Any], describe: Callable[[Any], str]) -> Any:
-        print(f"\n==> {name}", flush=True)
-        t0 = time.perf_counter()
+        print(f"\n==> [{len(self.rows) + 1}/{self.planned}] {name}", flush=True)
+        t0, c0 = time.perf_counter(), self.cpu.seconds()
         result = fn()
-        seconds = time.perf_counter() - t0
-        self.rows.append((name, seconds, describe(result)))
-        print(f"<== {name}: {describe(result)} ({seconds:.1f} s)", flush=True)
+        seconds, cpu = time.perf_counter() - t0, self.cpu.seconds() - c0
+        what = describe(result)
+        self.rows.append({"step": name, "seconds": seconds, "cpu_seconds": cpu, "result": what})
+        print(f"<== {name}: {what} ({seconds:.1f} s, {cpu:.0f} CPU s)", flush=True)
         return result
 
     def summary(self) -> str:
-        lines = [f"  {'step':<16}{'seconds':>9}  result"]
-        lines += [f"  {n:<16}{s:>9.1f}  {what}" for n, s, what in self.rows]
-        total = sum(s for _, s, _ in self.rows)
-        lines.append(f"  {'total':<16}{total:>9.1f}")
+        lines = [f"  {'step':<16}{'seconds':>9}{'CPU s':>8}  result"]
+        lines += [
+            f"  {r['step']:<16}{r['seconds']:>9.1f}{r['cpu_seconds']:>8.0f}  {r['result']}"
+            for r in self.rows
+        ]
+        total = sum(r["seconds"] for r in self.rows)
+        cpu = sum(r["cpu_seconds"] for r in self.rows)
+        lines.append(f"  {'total':<16}{total:>9.1f}{cpu:>8.0f}")
         return "\n".join(lines)
 
 
@@ -76,55 +94,64 @@ def prepare_out(out: Path) -> None:
     (out / MARKER).write_text("made by `neo demo`; the next run replaces this directory\n")
 
 
-def make_models(out: Path, pack) -> str:
-    """A tiny random Qwen3 (the stage-1 start) and a random debug NEO (the demo captioner)."""
-    from neo_model.config import debug
-    from neo_model.testing import save_random_neo, tiny_qwen3
+def train_language_model(out: Path, rows, args, tok) -> str:
+    """The stage-1 start: a debug Qwen3 trained on the demo conversations' text (no images)."""
+    from transformers.utils import logging as hf_logging
 
-    qwen = tiny_qwen3(tie=True, perturb_norms=False, intermediate_size=128, head_dim=32)
-    qwen.save_pretrained(out / "models" / "qwen3-tiny")
+    from neo_data.console import Progress
+    from neo_data.synthetic.learning import lm_texts
+    from neo_model.testing import train_tiny_lm
+
+    hf_logging.disable_progress_bar()  # the console's lines are the job's
+    scenes = rows.training_scenes(args.seed, args.captions + args.recaption, args.conversations)
+    texts = lm_texts(tok, scenes, args.seed, rows.turns)
+
+    line = Progress("language model", args.lm_steps, "steps")
+    model, curve = train_tiny_lm(
+        texts, args.lm_steps, args.lm_lr, args.seed,
+        on_progress=lambda step, loss: line.update(step, f"loss {loss:.3f}"),
+    )  # fmt: skip
+    model.save_pretrained(out / LM_DIR)
+    return f"{len(texts)} conversations' text, {args.lm_steps} steps, loss {curve[-1]['loss']:.3f}"
+
+
+def make_captioner(out: Path, pack) -> str:
+    """A random debug NEO: the recaption job's captioner (its captions stay out of training)."""
+    from neo_model.config import debug
+    from neo_model.testing import save_random_neo
+
     captioner = debug().replace(min_pixels=pack.min_pixels, max_pixels=pack.max_pixels)
     save_random_neo(out / "models" / "captioner", captioner)
-    return "tiny random Qwen3 (2 layers, hidden 64); random debug NEO captioner"
+    return "random debug NEO captioner"
 
 
-def answer_held_out(
-    export: str, pack, seed: int, counts: dict[str, int]
-) -> list[tuple[str, str, str]]:
-    """Ask the final model about held-out scenes: (question, answer, truth) rows."""
-    import random
-
+def answer_held_out(export: str, pack, scenes, size: int) -> list[str]:
+    """The final model's greedy answer to "Describe the image." about each held-out scene."""
     from neo_data.encoding.tokens import load_tokenizer
-    from neo_data.synthetic.dataset import held_out_scenes
-    from neo_data.synthetic.render import draw_scene
-    from neo_data.synthetic.texts import DESCRIBE_QUESTION, caption_for, qa_for
+    from neo_data.synthetic.learning import eval_images
+    from neo_data.synthetic.texts import DESCRIBE_QUESTION
     from neo_model.evaluation import answer_questions
     from neo_model.weights import load_for_inference
 
     model, _ = load_for_inference(export, "cpu")
-    tok = load_tokenizer(pack.tokenizer)
-    images, questions, truths = [], [], []
-    for scene in held_out_scenes(seed, 2, **counts):
-        image = draw_scene(scene, (256, 256))
-        question, truth = qa_for(scene, random.Random(seed))[0]
-        for q, t in ((DESCRIBE_QUESTION, caption_for(scene)), (question, truth)):
-            images.append(image)
-            questions.append(q)
-            truths.append(t)
-    answers = answer_questions(
-        model, tok, images, questions, pack.min_pixels, pack.max_pixels,
-        max_new_tokens=24, batch_size=1,
+    images = eval_images(scenes, size)
+    return answer_questions(
+        model, load_tokenizer(pack.tokenizer), images, [DESCRIBE_QUESTION] * len(images),
+        pack.min_pixels, pack.max_pixels, max_new_tokens=32, batch_size=16,
     )  # fmt: skip
-    return list(zip(questions, answers, truths, strict=True))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="neo demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=DEFAULT_ROOT, help="run directory (replaced on each run)")
-    ap.add_argument("--captions", type=int, default=600)
-    ap.add_argument("--recaption", type=int, default=32, help="caption rows that get recaptioned")
-    ap.add_argument("--conversations", type=int, default=300)
-    ap.add_argument("--texts", type=int, default=400)
+    ap.add_argument("--captions", type=int, default=2400)
+    ap.add_argument("--recaption", type=int, default=16, help="caption rows that get recaptioned")
+    ap.add_argument("--conversations", type=int, default=1200)
+    ap.add_argument("--texts", type=int, default=120)
+    ap.add_argument("--held-out", type=int, default=96, help="held-out scenes scored at the end")
+    ap.add_argument("--image-size", type=int, default=96, help="px (96: 3x3 image tokens)")
+    ap.add_argument("--lm-steps", type=int, default=150, help="steps of the language model")
+    ap.add_argument("--lm-lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--train-steps",
@@ -132,30 +159,56 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="steps of every stage (default: the manifests')",
     )
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every stage's steps by this (a quicker look: 0.5; it learns less)",
+    )
+    return ap.parse_args(argv)
 
+
+def stage_manifests(root: str, train_steps: int | None, scale: float) -> list[Manifest]:
+    """The three stage manifests under ``root``, with ``train_steps`` (every stage) or each
+    stage's own steps times ``scale`` (checkpointing at the last step)."""
+    out = []
+    for name in STAGE_MANIFESTS:
+        steps = train_steps or max(1, round(load_manifest(example_path(name)).train.steps * scale))
+        overrides = {"train.steps": steps, "train.checkpoint_every": steps}
+        out.append(relocate(load_manifest(example_path(name), overrides), root))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    from neo_data.console import LOG_NAME
     from neo_data.curate import report as curate_report
     from neo_data.curate.job import run_curate
+    from neo_data.encoding.tokens import load_tokenizer
     from neo_data.pack import report as pack_report
     from neo_data.pack.job import run_pack
     from neo_data.ray_env import init_ray
     from neo_data.recaption.job import run_recaption
+    from neo_data.synthetic.evaluate import format_table, held_out_table
+    from neo_data.synthetic.learning import WebRows
+    from neo_data.synthetic.texts import caption_for
     from neo_data.synthetic.web import serve_directory, write_web_sources
     from neo_model.train.ray_train import run_stage
 
     out = Path(args.out)
     prepare_out(out)
     root = str(out).rstrip("/")
-    steps_override = {"train.steps": args.train_steps} if args.train_steps else None
-    stages = [
-        relocate(load_manifest(example_path(name), steps_override), root)
-        for name in STAGE_MANIFESTS
-    ]
+    stages = stage_manifests(root, args.train_steps, args.scale)
     first = stages[0]
     pack = first.resolved_pack()
-    steps = Steps()
-    init_ray()
-    steps.run("models", lambda: make_models(out, pack), lambda what: what)
+    rows = WebRows(size=args.image_size)
+    steps = Steps(planned=4 + 2 * len(stages) + 2)
+    tok = load_tokenizer(pack.tokenizer)
+    # before Ray starts: the language model needs none, and Ray's processes would idle meanwhile
+    steps.run("language model", lambda: train_language_model(out, rows, args, tok), str)
+    ray_log = init_ray(log_file=out / LOG_NAME)
+    steps.run("captioner", lambda: make_captioner(out, pack), str)
     with serve_directory(out / "web") as base_url:
         steps.run(
             "demo data",
@@ -167,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 conversations=args.conversations,
                 texts=args.texts,
                 seed=args.seed,
+                rows=rows,
             ),  # fmt: skip
             lambda paths: f"{len(paths)} source tables, images served at {base_url}",
         )
@@ -190,21 +244,36 @@ def main(argv: list[str] | None = None) -> int:
         print(pack_report.format_report(packed.index))
         trained = steps.run(f"train {manifest.stage}", lambda m=manifest: run_stage(m), _trained)
         export = trained.export
-    counts = {"captions": args.captions + args.recaption, "conversations": args.conversations,
-              "texts": args.texts}  # fmt: skip
+    held = rows.held_out(args.seed, args.held_out, args.captions + args.recaption,
+                         args.conversations)  # fmt: skip
     answers = steps.run(
         "answer",
-        lambda: answer_held_out(export, pack, args.seed, counts),
-        lambda rows: f"{len(rows)} questions about 2 held-out images",
+        lambda: answer_held_out(export, pack, held, args.image_size),
+        lambda a: f"{len(a)} held-out images described",
     )
+    table = held_out_table(answers, held)
     print("\nthe trained model on images it never saw (debug size, minutes of CPU training):")
-    for q, a, t in answers:
-        print(f"  Q: {q}\n  A: {a}\n  truth: {t}\n")
-    print("steps")
+    for scene, answer in list(zip(held, answers, strict=True))[:SHOWN]:
+        print(f"  Q: Describe the image.\n  A: {answer}\n  truth: {caption_for(scene)}\n")
+    print("held-out accuracy per attribute (chance: a uniform guess; other image: the same "
+          "answers scored against another held-out image, what ignoring the image reaches)")  # fmt: skip
+    print(format_table(table))
+    print("\nsteps")
     print(steps.summary())
+    summary = {
+        "steps": steps.rows,
+        "held_out": table,
+        "examples": [
+            {"truth": caption_for(s), "answer": a} for s, a in zip(held, answers, strict=True)
+        ][:16],
+        "ray_log": str(ray_log),
+        "export": export,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nsummary: {root}/summary.json   Ray's own logging: {ray_log}")
     print(
-        f"\nnext:  neo shards serve {root}/packed/pretrain   |   "
-        f'neo chat --checkpoint {export} --image FILE "What is in the picture?"'
+        f"next:  neo shards serve {root}/packed/pretrain   |   "
+        f'neo chat --checkpoint {export} --image FILE "Describe the image."'
     )
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from neo_data.console import job_log_file
 from neo_data.pack.job import run_pack
 from neo_data.pack.report import format_report
 from neo_data.ray_env import init_ray
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_job_manifest(args)
     if manifest is None:
         return 2
-    init_ray()
+    init_ray(log_file=job_log_file(manifest.data.packed, "pack"))
     try:
         result = run_pack(manifest, concurrency=args.concurrency)
     except JOB_ERRORS as e:

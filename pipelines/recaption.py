@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from neo_data.console import job_log_file
 from neo_data.manifest.recaption import check_policy
 from neo_data.ray_env import init_ray
 from neo_data.recaption.captioners import CaptionerUnavailable
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.manifest}: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    init_ray()
+    init_ray(log_file=job_log_file(manifest.recaption.output, "recaption"))
     try:
         result = run_recaption(manifest)
     except (*JOB_ERRORS, CaptionerUnavailable) as e:

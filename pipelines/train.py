@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
+from neo_data.console import job_log_file
 from neo_data.ray_env import init_ray
 from pipelines._job import job_parser, load_job_manifest
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from neo_model.train.ray_train import run_stage
 
-    init_ray()
+    init_ray(log_file=job_log_file(manifest.train.output, "train"))
     t0 = time.perf_counter()
     result = run_stage(manifest)
     m = result.metrics

@@ -111,6 +111,10 @@ class TrainSpec(Strict):
     steps: Annotated[int, Field(gt=0)]
     packs_per_step: Annotated[int, Field(gt=0)] = 1  # per rank (gradient accumulation)
     trainable: Literal["stage", "all"] = "stage"  # "stage": the stage's set (stage 1 partial)
+    # the paper's Table 3 ablations (neo_model.config); None: the init checkpoint's choice
+    # (native + mixed for a Qwen3 or random start). The export records what was trained.
+    rope: Literal["native", "1d"] | None = None
+    attention: Literal["mixed", "causal"] | None = None
     lr: Annotated[float | None, Field(gt=0)] = None  # default: the paper's, by stage
     min_lr_ratio: Annotated[float | None, Field(ge=0, le=1)] = None
     warmup: Annotated[float, Field(ge=0, lt=1)] = 0.01  # fraction of steps

@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from neo_data.synthetic.scenes import PLURALS, SHAPES, Scene
+from neo_data.synthetic.scenes import (
+    FOREGROUNDS,
+    MAX_COUNT,
+    PALETTE,
+    PLURALS,
+    POSITIONS,
+    SHAPES,
+    Scene,
+)
 from neo_data.synthetic.texts import NUMBER_WORDS, POSITION_PHRASES, caption_for
 
 ATTRS = ("count", "colour", "shape", "position", "background")
@@ -75,3 +83,51 @@ def score(answers: list[str], truths: list[str], scenes: list[Scene]) -> dict[st
             hits.append(got is not None and got[attr] == truth)
         res[attr] = float(np.mean(hits)) if hits else float("nan")
     return res
+
+
+def chance(scenes: list[Scene]) -> dict[str, float]:
+    """Per attribute, the accuracy of a uniform guess among the values the generator could
+    have drawn for each one-group scene (colour: the colours that contrast with its
+    background), averaged over the scenes."""
+    one = [s for s in scenes if len(s.groups) == 1]
+    if not one:
+        return {a: float("nan") for a in ATTRS}
+    colours = np.mean([1 / len(FOREGROUNDS[s.background]) for s in one])
+    return {"count": 1 / MAX_COUNT, "colour": float(colours), "shape": 1 / len(SHAPES),
+            "position": 1 / len(POSITIONS), "background": 1 / len(PALETTE)}  # fmt: skip
+
+
+def held_out_table(answers: list[str], scenes: list[Scene]) -> dict[str, Any]:
+    """The held-out score of "Describe the image." answers to ``scenes``: per attribute the
+    accuracy, chance (:func:`chance`) and the same answers scored against the next scene's
+    truth (``other_image``: what answering without looking at the image reaches); plus exact
+    match and how many answers are well-formed one-group captions (``well_formed``)."""
+    truths = [caption_for(s) for s in scenes]
+    rolled = scenes[1:] + scenes[:1]
+    got, other = score(answers, truths, scenes), score(answers, [caption_for(s) for s in rolled],
+                                                       rolled)  # fmt: skip
+    guess = chance(scenes)
+    return {
+        "scenes": len(scenes),
+        "exact": got["exact"],
+        "exact_other_image": other["exact"],
+        "well_formed": float(np.mean([attributes(a) is not None for a in answers])),
+        "attributes": {
+            a: {"accuracy": got[a], "chance": guess[a], "other_image": other[a]} for a in ATTRS
+        },
+    }
+
+
+def format_table(table: dict[str, Any]) -> str:
+    """:func:`held_out_table` as a console table, one row per attribute."""
+    lines = [f"  {'attribute':<12}{'held-out':>10}{'chance':>9}{'other image':>13}"]
+    for a, row in table["attributes"].items():
+        lines.append(
+            f"  {a:<12}{row['accuracy']:>10.1%}{row['chance']:>9.1%}{row['other_image']:>13.1%}"
+        )
+    lines.append(
+        f"  {'exact':<12}{table['exact']:>10.1%}{'':>9}{table['exact_other_image']:>13.1%}"
+        f"   ({table['scenes']} held-out scenes; {table['well_formed']:.0%} of the answers are "
+        "well-formed captions)"
+    )
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ stage gets the training conversations as chat text with the images removed.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -27,10 +28,15 @@ STREAM = "bench-learning"
 GENERATOR = "neo_data.synthetic.learning/v1"  # in each row's meta
 
 
+def shape_scene(seed: int, stream: str, i: int, groups: int) -> Scene:
+    """Row ``i`` of ``stream``: a shapes-only scene of at most ``groups`` groups, from its own RNG."""
+    rng = random.Random(f"{STREAM}/{seed}/{stream}/{i}")
+    return make_scene(rng, max_groups=groups, word_fraction=0.0)
+
+
 def shape_scenes(seed: int, stream: str, n: int, groups: int) -> list[Scene]:
     """``n`` shapes-only scenes of at most ``groups`` groups, row ``i`` from its own RNG."""
-    rngs = (random.Random(f"{STREAM}/{seed}/{stream}/{i}") for i in range(n))
-    return [make_scene(r, max_groups=groups, word_fraction=0.0) for r in rngs]
+    return [shape_scene(seed, stream, i, groups) for i in range(n)]
 
 
 def held_out_shape_scenes(train: list[Scene], seed: int, n: int, groups: int) -> list[Scene]:
@@ -99,3 +105,45 @@ def eval_questions(scenes: list[Scene]) -> list[tuple[str, str]]:
         next(qa for qa in qa_for(s, random.Random(f"{STREAM}/q/{i}")) if qa[0] != DESCRIBE_QUESTION)
         for i, s in enumerate(scenes)
     ]
+
+
+@dataclass(frozen=True)
+class WebRows:
+    """The learning cut as the demo's raw sources (:func:`neo_data.synthetic.web.write_web_sources`):
+    caption row ``r`` and conversation row ``r`` (``turns`` question/answer pairs, "Describe
+    the image." among them) of shapes-only scenes of at most ``groups`` groups, each a
+    ``size`` x ``size`` PNG. Row ``r`` of each kind has its own RNG, as in the demo dataset."""
+
+    size: int = 96
+    groups: int = 1
+    turns: int = 3
+
+    def caption_scene(self, seed: int, row: int) -> Scene:
+        return shape_scene(seed, "web-captions", row, self.groups)
+
+    def conversation_scene(self, seed: int, row: int) -> Scene:
+        return shape_scene(seed, "web-conversations", row, self.groups)
+
+    def caption(self, seed: int, row: int) -> tuple[list[tuple[bytes, str]], str]:
+        """Caption row ``row``: its image ``[(bytes, extension)]`` and its exact caption."""
+        scene = self.caption_scene(seed, row)
+        return [(render_scene(scene, (self.size, self.size), "png"), "png")], caption_for(scene)
+
+    def conversation(
+        self, seed: int, row: int
+    ) -> tuple[list[tuple[bytes, str]], list[dict[str, str]]]:
+        """Conversation row ``row``: its image and its turns."""
+        scene = self.conversation_scene(seed, row)
+        chat = describe_chat(scene, random.Random(f"{STREAM}/{seed}/web-chat/{row}"), self.turns)
+        return [(render_scene(scene, (self.size, self.size), "png"), "png")], chat
+
+    def training_scenes(self, seed: int, captions: int, conversations: int) -> list[Scene]:
+        """Every scene ``captions`` caption rows and ``conversations`` conversation rows show."""
+        return [self.caption_scene(seed, r) for r in range(captions)] + [
+            self.conversation_scene(seed, r) for r in range(conversations)
+        ]
+
+    def held_out(self, seed: int, n: int, captions: int, conversations: int) -> list[Scene]:
+        """``n`` scenes no training row of these counts shows (caption-distinct)."""
+        train = self.training_scenes(seed, captions, conversations)
+        return held_out_shape_scenes(train, seed, n, self.groups)

@@ -15,11 +15,13 @@ import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neo_data.synthetic.dataset import demo_caption_row, demo_conversation_row, demo_text_row
+from neo_data.synthetic.render import EXTENSIONS
 
 # Source names of the demo manifests (manifests/demo.yaml).
 SOURCES = {
@@ -28,6 +30,27 @@ SOURCES = {
     "conversations": "demo-conversations",  # image URLs + turns (mid-training, SFT)
     "text": "demo-text",  # text-only documents
 }
+
+
+Images = list[tuple[bytes, str]]  # (encoded bytes, file extension) of each image of a row
+
+
+class DemoRows:
+    """The demo dataset's rows (:mod:`neo_data.synthetic.dataset`: varied scenes, sizes and
+    formats) in the shape :func:`write_web_sources` takes; ``learning.WebRows`` is the other."""
+
+    def caption(self, seed: int, row: int) -> tuple[Images, str]:
+        r = demo_caption_row(seed, row)
+        return self._images(r), r["captions"][0]["text"]
+
+    def conversation(self, seed: int, row: int) -> tuple[Images, list[dict[str, str]]]:
+        r = demo_conversation_row(seed, row)
+        return self._images(r), r["conversation"]
+
+    @staticmethod
+    def _images(row: dict) -> Images:
+        formats = [m["format"] for m in json.loads(row["meta"])["images"]]
+        return [(im["bytes"], EXTENSIONS[f]) for im, f in zip(row["images"], formats, strict=True)]
 
 
 def write_web_sources(
@@ -39,31 +62,35 @@ def write_web_sources(
     conversations: int,
     texts: int,
     seed: int = 0,
+    rows: Any = None,
 ) -> dict[str, Path]:
     """Write image files and source tables under ``web_dir``; URLs start with ``base_url``.
 
     Caption rows ``0 .. captions-1`` form ``captions.parquet`` and rows ``captions ..
     captions+recaption-1`` form ``recaption.parquet`` (distinct scenes: one generator stream).
-    Returns the source table of each key of :data:`SOURCES`.
+    ``rows`` makes the caption and conversation rows (``.caption(seed, r)``,
+    ``.conversation(seed, r)``): :class:`DemoRows` (default) or
+    :class:`neo_data.synthetic.learning.WebRows`. Returns the source table of each key of
+    :data:`SOURCES`.
     """
+    rows = rows or DemoRows()
     web = Path(web_dir)
     (web / "images").mkdir(parents=True, exist_ok=True)
     base_url = base_url.rstrip("/")
 
-    def save(row: dict, k: int, stem: str) -> str:
-        image = row["images"][k]
-        ext = json.loads(row["meta"])["images"][k]["format"].replace("jpeg", "jpg")
-        name = f"{stem}-{k}.{ext}"
-        (web / "images" / name).write_bytes(image["bytes"])
-        return f"{base_url}/images/{name}"
+    def save(images: Images, stem: str) -> list[str]:
+        urls = []
+        for k, (data, ext) in enumerate(images):
+            name = f"{stem}-{k}.{ext}"
+            (web / "images" / name).write_bytes(data)
+            urls.append(f"{base_url}/images/{name}")
+        return urls
 
-    def caption_table(rows: range) -> pa.Table:
+    def caption_table(indices: range) -> pa.Table:
         out = []
-        for r in rows:
-            row = demo_caption_row(seed, r)
-            out.append(
-                {"url": save(row, 0, f"caption-{r:06d}"), "caption": row["captions"][0]["text"]}
-            )
+        for r in indices:
+            images, caption = rows.caption(seed, r)
+            out.append({"url": save(images, f"caption-{r:06d}")[0], "caption": caption})
         return pa.Table.from_pylist(
             out, schema=pa.schema({"url": pa.string(), "caption": pa.string()})
         )
@@ -78,9 +105,9 @@ def write_web_sources(
     pq.write_table(caption_table(range(captions, captions + recaption)), paths["recaption"])
     with open(paths["conversations"], "w", encoding="utf-8") as f:
         for r in range(conversations):
-            row = demo_conversation_row(seed, r)
-            urls = [save(row, k, f"chat-{r:06d}") for k in range(len(row["images"]))]
-            f.write(json.dumps({"images": urls, "conversation": row["conversation"]}) + "\n")
+            images, turns = rows.conversation(seed, r)
+            urls = save(images, f"chat-{r:06d}")
+            f.write(json.dumps({"images": urls, "conversation": turns}) + "\n")
     docs = [{"text": demo_text_row(seed, r)["text"]} for r in range(texts)]
     pq.write_table(
         pa.Table.from_pylist(docs, schema=pa.schema({"text": pa.string()})), paths["text"]

@@ -79,15 +79,19 @@ def set_trainable(model: nn.Module, config: NeoConfig, stage: str, trainable: st
 def stage_config(spec: TrainSpec) -> NeoConfig:
     """The stage's model config: the ``random`` preset's, or built from ``init.path``'s
     ``config.json`` (read in place, local or ``s3://``: every rank reads it, nothing is copied);
-    with the RoPE bases ``train.init`` sets (``InitSpec.rope_overrides``)."""
+    with the RoPE bases ``train.init`` sets (``InitSpec.rope_overrides``) and the manifest's
+    ablation switches (``train.rope``, ``train.attention``) where set."""
     init = spec.init
     rope = init.rope_overrides()
     if init.kind == "random":
-        return getattr(presets, init.preset)().replace(**rope)
-    config = read_config_json(init.path)
-    if init.kind == "qwen3":
-        return NeoConfig.from_qwen3(config, init.pre_buffer_layers, **rope)
-    return NeoConfig.from_released(config)
+        config = getattr(presets, init.preset)().replace(**rope)
+    elif init.kind == "qwen3":
+        config = NeoConfig.from_qwen3(read_config_json(init.path), init.pre_buffer_layers, **rope)
+    else:
+        config = NeoConfig.from_released(read_config_json(init.path))
+    return config.replace(
+        rope=spec.rope or config.rope, attention=spec.attention or config.attention
+    )
 
 
 def read_config_json(url: str) -> dict:

@@ -27,7 +27,7 @@ def test_main_job_chain_through_ray_job_submit(ray_cluster, tmp_path):
     run = ray_cluster.submit(
         ["python", "-m", "pipelines.cli", "demo", "--out", str(out), "--captions", "40",
          "--recaption", "6", "--conversations", "20", "--texts", "30",
-         "--train-steps", str(TRAIN_STEPS)],
+         "--lm-steps", "4", "--held-out", "8", "--train-steps", str(TRAIN_STEPS)],
         timeout=900,
     )  # fmt: skip
     text = run.stdout + run.stderr
@@ -35,11 +35,19 @@ def test_main_job_chain_through_ray_job_submit(ray_cluster, tmp_path):
     # every step reported, in order
     steps = re.findall(r"^<== ([a-z0-9 ]+?):", run.stdout, flags=re.M)
     assert steps == [
-        "models", "demo data", "curate", "recaption", "pack pretrain", "train pretrain",
+        "language model", "captioner", "demo data", "curate", "recaption", "pack pretrain", "train pretrain",
         "pack midtrain", "train midtrain", "pack sft", "train sft", "answer",
     ]  # fmt: skip
     assert "the trained model on images it never saw" in run.stdout
-    assert re.search(r"^\s+total\s+[0-9.]+$", run.stdout, flags=re.M)
+    assert re.search(r"^\s+total\s+[0-9.]+\s+[0-9]+$", run.stdout, flags=re.M)
+    # the summary: a row per step, the held-out table per attribute
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["step"] for r in summary["steps"]] == steps
+    table = summary["held_out"]
+    assert table["scenes"] == 8
+    assert set(table["attributes"]) == {"count", "colour", "shape", "position", "background"}
+    for row in table["attributes"].values():
+        assert 0 < row["chance"] < 1 and 0 <= row["accuracy"] <= 1
     # what each stage left behind is what the next one read
     for stage in ("pretrain", "midtrain", "sft"):
         ds = PackedDataset(str(out / "packed" / stage))
@@ -114,16 +122,16 @@ def _check_packed_from_its_curated_inputs(manifest) -> None:
 
 
 def _check_training_chain(out: Path, stages) -> None:
-    """Stage 1 starts from the tiny Qwen3 of the models step (its Qwen3 weights frozen, bit
+    """Stage 1 starts from the tiny Qwen3 of the language-model step (its Qwen3 weights frozen, bit
     for bit, the rest moved); stages 2 and 3 each start from the previous stage's export: Adam
     moves a weight by about the learning rate a step at most, so no weight of an export is
     further from the previous export than steps x lr (x1.5: bias correction), while a different
     start (a fresh NEO, stage 1's Qwen3 start) is further. Each export carries the pixel budget
     of the packs it trained on; each stage's last checkpoint records all its steps and packs."""
     first = stages[0].train
-    start = from_qwen3(out / "models" / "qwen3-tiny", num_extra_layers=2, seed=first.seed)
+    start = from_qwen3(out / "models" / "qwen3-lm", num_extra_layers=2, seed=first.seed)
     trained, frozen = stage_1_keys(pre_buffer=2, post_llm=2)
-    previous, previous_export = start.state_dict(), str(out / "models" / "qwen3-tiny")
+    previous, previous_export = start.state_dict(), str(out / "models" / "qwen3-lm")
     for manifest in stages:
         spec = manifest.train
         assert spec.steps == TRAIN_STEPS and spec.init.path == previous_export

@@ -99,7 +99,7 @@ def test_diff_exit_status_like_diff(tmp_path, capsys):
         '+ name: "mid"',
         '- stage: "pretrain"',
         '+ stage: "midtrain"',
-        "- pack.seq_len: 4096",
+        "- pack.seq_len: 512",
         "+ pack.seq_len: 8192",
     ]
     assert cli.main(["manifest", "diff", str(base), str(tmp_path / "none.yaml")]) == 2

@@ -233,12 +233,12 @@ def test_set_keeps_comments_quotes_and_layout(tmp_path):
     )
     after = path.read_text()
     assert changed_lines(before, after) == [
-        "-  seq_len: 4096              # tokens per pack (the paper uses 16,384 in pre-training)",
+        "-  seq_len: 512               # tokens per pack (the paper uses 16,384 in pre-training)",
         "+  seq_len: 8192              # tokens per pack (the paper uses 16,384 in pre-training)",
-        "-    - {name: high, max_image_tokens: 256}",
-        "-  text_ratio: 0.3            # text : multimodal = 3 : 7, as in the paper",
-        "+    - {name: high, max_image_tokens: 300}",
-        "+  text_ratio: 0.25           # text : multimodal = 3 : 7, as in the paper",
+        "-    - {name: high, max_image_tokens: 256}   # larger images (a manifest of your own)",
+        "-  text_ratio: 0.1            # the paper's 3 : 7 text : multimodal would spend a third here",
+        "+    - {name: high, max_image_tokens: 300}   # larger images (a manifest of your own)",
+        "+  text_ratio: 0.25           # the paper's 3 : 7 text : multimodal would spend a third here",
     ]
     assert m == load_manifest(path)
     assert (m.pack.seq_len, m.pack.buckets[1].max_image_tokens, m.pack.text_ratio) == (

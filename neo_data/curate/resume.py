@@ -25,7 +25,14 @@ import pyarrow.parquet as pq
 from neo_data.curate.plan import Unit
 from neo_data.curate.sources import list_source_files
 from neo_data.format.schema import WORK_DIR
-from neo_data.format.storage import OutputConflict, atomic_write, file_identity, join, url_to_fs
+from neo_data.format.storage import (
+    OutputConflict,
+    atomic_write,
+    file_identity,
+    join,
+    list_names,
+    url_to_fs,
+)
 from neo_data.manifest.curate import CurateSpec
 
 PLAN_NAME = "plan.json"
@@ -135,7 +142,7 @@ def _more(items: list, shown: int = 5) -> str:
 
 def done_units(fs, root: str, stage: str) -> set[str]:
     """Ids of the units whose ``stage`` is done (one listing, not one request per unit)."""
-    return {n.removesuffix(".json") for n in _names(fs, join(root, WORK_DIR, stage), ".json")}
+    return {n.removesuffix(".json") for n in list_names(fs, join(root, WORK_DIR, stage), ".json")}
 
 
 def read_markers(fs, root: str, units: list[Unit], paths_of: Callable) -> list[tuple[dict, dict]]:
@@ -162,7 +169,7 @@ def recount(fs, root: str, units: list[Unit], paths_of: Callable) -> dict[str, d
     ``rejected/`` hold a file of no unit of the plan."""
     keys = ("samples", "rejected", "dup_rejected")
     folders = {paths_of(root, u.unit_id)[k].rsplit("/", 1)[0] for u in units[:1] for k in keys}
-    listed = {d: _names(fs, d) for d in folders}
+    listed = {d: list_names(fs, d) for d in folders}
     mine: dict[str, set[str]] = {d: set() for d in listed}
 
     def one(u: Unit) -> tuple[str, dict]:
@@ -201,20 +208,6 @@ def recount(fs, root: str, units: list[Unit], paths_of: Callable) -> dict[str, d
                 f"{folder} holds files of no unit of this run: {stray[:5]}{_more(stray)}"
             )
     return counted
-
-
-def _names(fs, base: str, suffix: str = ".parquet") -> set[str]:
-    """Names of the files ending in ``suffix`` in the folder ``base`` (none if it is absent)."""
-    fs.invalidate_cache(base)
-    try:
-        listing = fs.ls(base, detail=False)
-    except FileNotFoundError:
-        return set()
-    finally:
-        # object-store listings are cached: a stale one would hide files the tasks write next
-        fs.invalidate_cache(base)
-    names = {p.rsplit("/", 1)[-1] for p in listing}
-    return {n for n in names if n.endswith(suffix)}
 
 
 def verify_against_outputs(

@@ -106,6 +106,20 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
             f.write(data)
 
 
+def list_names(fs, base: str, suffix: str = ".parquet") -> set[str]:
+    """Names of the files ending in ``suffix`` in the folder ``base`` (none if it is absent)."""
+    fs.invalidate_cache(base)
+    try:
+        listing = fs.ls(base, detail=False)
+    except FileNotFoundError:
+        return set()
+    finally:
+        # object-store listings are cached: a stale one would hide files the tasks write next
+        fs.invalidate_cache(base)
+    names = {p.rsplit("/", 1)[-1] for p in listing}
+    return {n for n in names if n.endswith(suffix)}
+
+
 _TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}$")
 
 

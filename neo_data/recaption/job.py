@@ -33,7 +33,6 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,14 +44,23 @@ from neo_data.format.storage import (
     file_identity,
     join,
     list_inputs,
+    remove_stale_temporaries,
     resume_or_refuse,
     url_to_fs,
 )
 from neo_data.manifest import Manifest
 from neo_data.manifest.recaption import RecaptionSpec, check_policy
 from neo_data.recaption.captioners import Caption, make_captioner
-from neo_data.recaption.output import FileDone, InputFile, write_file
+from neo_data.recaption.output import (
+    FAILURES_DIR,
+    SAMPLES_DIR,
+    FileDone,
+    InputFile,
+    caption_time,
+    write_file,
+)
 from neo_data.recaption.report import REPORT_NAME, make_report
+from neo_data.recaption.verify import recount, skip_reason, verify_markers
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +120,7 @@ def read_unit(item: dict, spec_json: str) -> list[dict]:
         table = pq.ParquetFile(f).read_row_group(unit["row_group"], columns=["kind", "source"])
         kinds, sources = table.column("kind").to_pylist(), table.column("source").to_pylist()
         wanted = [
-            kind == "caption" and (spec.sources is None or source in spec.sources)
+            skip_reason(kind, source, spec) is None
             for kind, source in zip(kinds, sources, strict=True)
         ]
         images: list = [None] * len(kinds)
@@ -122,16 +130,11 @@ def read_unit(item: dict, spec_json: str) -> list[dict]:
             images = col.column("images").to_pylist()
     rows = []
     for i, (kind, source) in enumerate(zip(kinds, sources, strict=True)):
-        skip = None
-        if kind != "caption":
-            skip = "kind_not_caption"
-        elif spec.sources is not None and source not in spec.sources:
-            skip = "source_not_selected"
         rows.append(
             {
                 "input_file": unit["url"],
                 "input_row": unit["first_row"] + i,
-                "skip": skip,
+                "skip": skip_reason(kind, source, spec),
                 "images": [img.get("bytes") for img in (images[i] or []) if img]
                 if wanted[i]
                 else [],
@@ -162,7 +165,7 @@ class RecaptionStage:
         todo = [i for i, r in enumerate(rows) if r["skip"] is None and r["images"]]
         captions = self.captioner.caption([rows[i]["images"] for i in todo])
         by_row: dict[int, Caption] = dict(zip(todo, captions, strict=True))
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = caption_time()
         out: dict[str, list] = {name: [] for name in RESULT_SCHEMA.names}
         for i, row in enumerate(rows):
             if row["skip"] is not None:
@@ -217,6 +220,8 @@ def run_recaption(manifest: Manifest) -> RecaptionResult:
         made_with="other settings",
         field="recaption.output",
     )
+    # files a killed run was writing (atomic_write's temporaries; the job owns these folders)
+    remove_stale_temporaries(fs, root, [SAMPLES_DIR, FAILURES_DIR, WORK_DIR])
     files = plan_inputs(spec.input)
     done = _finished(fs, root, files)
     pending = [f for f in files if f.name not in done]
@@ -232,7 +237,10 @@ def run_recaption(manifest: Manifest) -> RecaptionResult:
                 marker.rows,
                 marker.recaptioned,
             )
-    report = make_report(manifest, [done[f.name] for f in files], time.perf_counter() - t0)
+    markers = [done[f.name] for f in files]
+    # the markers' counts must be what the outputs hold, counted again from the files
+    verify_markers(spec, markers, recount(fs, root, spec, files))
+    report = make_report(manifest, markers, time.perf_counter() - t0)
     atomic_write(fs, join(root, REPORT_NAME), json.dumps(report, indent=1).encode())
     return RecaptionResult(output, report, files_skipped=len(files) - len(pending))
 

@@ -4,8 +4,10 @@ caption carries, the failures file and the file's completion marker (written las
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +41,16 @@ def provenance(spec: RecaptionSpec) -> dict:
         "generation": spec.generation.to_json(),
         "created_at": None,
     }
+
+
+def caption_time() -> str:
+    """``created_at`` of the captions made now: UTC, ISO 8601, to the second. When
+    ``SOURCE_DATE_EPOCH`` is set (the reproducible-builds.org convention), that time instead, so
+    two runs on the same inputs -- an interrupted one resumed and an uninterrupted one -- write
+    the same bytes."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _origin(caption: dict) -> str:

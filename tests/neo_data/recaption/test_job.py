@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -376,3 +377,45 @@ def test_a_changed_or_shifted_input_is_refused_not_skipped(ray_local, tmp_path):
     write_curated(str(tmp_path / "y" / "part.parquet"), [caption_row(0, "a", [picture(0)])])
     with pytest.raises(OutputConflict, match="the inputs changed"):
         run_recaption(manifest(tmp_path / "y", out, tmp_path / "never-loaded"))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "error"),
+    [
+        ("delete", r"samples/part-b.parquet \(input .*part-b.parquet\) is missing"),
+        ("truncate", r"samples/part-b.parquet .* holds 3 rows for 4 input rows; missing row 3 "),
+        ("repeat", r"holds 5 rows for 4 input rows; extra or repeated row 0 \(web-000000\)"),
+        ("lose failures", r"row 3 \(test-000003\) neither carry .* nor are listed in failures"),
+        ("stray", r"samples holds files of no input of this run: \['part-c.parquet'\]"),
+    ],
+)
+def test_a_rerun_recounts_the_outputs_and_refuses_what_they_lack(keep_both_run, tamper, error):
+    """The markers all say done; the outputs are counted again and a damaged one is named (the
+    marker is not trusted), while a killed run's temporary file is swept away."""
+    m, out, _ = keep_both_run
+    b, failures = out / "samples" / "part-b.parquet", out / "failures" / "part-a.parquet"
+    saved = {p: p.read_bytes() for p in (b, failures)}
+    table = pq.read_table(b)
+    try:
+        if tamper == "delete":
+            b.unlink()
+        elif tamper == "truncate":
+            pq.write_table(table.slice(0, 3), b)
+        elif tamper == "repeat":
+            pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), b)
+        elif tamper == "lose failures":
+            failures.unlink()
+        else:
+            pq.write_table(table, out / "samples" / "part-c.parquet")
+        with pytest.raises(OutputConflict, match=error) as e:
+            run_recaption(m)
+        if tamper != "stray":
+            assert "delete _work/" in str(e.value)  # how to redo the file
+    finally:
+        for p, data in saved.items():
+            p.write_bytes(data)
+        (out / "samples" / "part-c.parquet").unlink(missing_ok=True)
+    leftover = out / "samples" / f"part-b.parquet.tmp-{'0' * 32}"
+    leftover.write_bytes(b"half a file")
+    assert run_recaption(m).report["totals"]["rows"] == 13  # intact again: verifies
+    assert not leftover.exists()

@@ -35,7 +35,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 
-from neo_data.encoding.images import to_rgb
+from neo_data.encoding.images import decode_error_detail, to_rgb
 from neo_data.manifest.curate import FilterSpec
 
 PHASH_SIZE = 8  # 8x8 = 64-bit perceptual hash
@@ -93,7 +93,7 @@ def inspect_image(
     except Image.DecompressionBombError as e:
         return Drop("decompression_bomb", str(e))
     except _DECODE_ERRORS as e:
-        return Drop("image_decode_error", f"{type(e).__name__}: {e}"[:300])
+        return Drop("image_decode_error", decode_error_detail(e)[:300])
     return ImageInfo(w, h, img.format or "unknown", img.mode, phash_to_int(digest))
 
 

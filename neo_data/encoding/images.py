@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,6 +109,16 @@ class PreparedImage:
         return self.height // FACTOR, self.width // FACTOR
 
 
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def decode_error_detail(e: BaseException) -> str:
+    """``"<type>: <message>"`` of a decoder's error, without the memory addresses Pillow puts in
+    some (``cannot identify image file <_io.BytesIO object at 0x7f...>``): a rejected row's
+    detail is the same in every run, so a rerun's output has the same bytes."""
+    return _OBJECT_REPR.sub("", f"{type(e).__name__}: {e}")
+
+
 @contextmanager
 def _decoding() -> Iterator[None]:
     """Map Pillow's errors (and its decompression-bomb warning) to drop reasons."""
@@ -122,9 +133,9 @@ def _decoding() -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageRejected("image_too_many_pixels", str(e)) from e
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
-        raise ImageRejected("image_decode_error", f"{type(e).__name__}: {e}") from e
+        raise ImageRejected("image_decode_error", decode_error_detail(e)) from e
     except RuntimeError as e:  # Pillow's AVIF plugin raises it for damaged files
-        raise ImageRejected("image_decode_error", f"{type(e).__name__}: {e}") from e
+        raise ImageRejected("image_decode_error", decode_error_detail(e)) from e
 
 
 def _open_header(data: bytes, max_decode_pixels: int) -> Image.Image:

@@ -7,8 +7,8 @@ to an uninterrupted run's. Not a test module: run it as
 process) serves a corpus with every deterministic outcome: kept images, duplicates (exact,
 near), download failures, filter drops, bad rows in CSV and JSONL, conversations, texts. One
 reference run; then rounds: each round starts on an empty output and kills ``pipelines.curate``
-(the whole process group: driver, local Ray, workers) after a random delay in [0, the reference
-run's duration], again and again, until a run ends by itself; its output is compared with the
+(its whole session: driver, local Ray, workers; :mod:`tests.killing`) after a random delay in
+[0, the reference run's duration], again and again, until a run ends by itself; its output is compared with the
 reference's: every file of ``samples/`` and ``rejected/`` byte for byte, ``report.json`` but its
 timing, and no temporary file left anywhere. Prints one line per kill (when it struck: markers
 written so far) and exits 0 only when every round matched.
@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +31,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from neo_data.synthetic.crawl import TEST_FILTERS, CrawlServer, encode, images, smooth_image
-from tests.helpers import REPO
+from tests import killing
 
 VOLATILE = ("created_at", "timing", "throughput", "output", "manifest")  # of report.json:
 # the manifest entry holds the section hash, which covers the output path (another folder here)
@@ -108,12 +106,9 @@ READY = "Started a local Ray instance"  # what ray.init prints once the local Ra
 
 
 def start(manifest: Path, log_file: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
+    log_file.write_bytes(b"")  # wait_ready looks for this run's READY line only
     cmd = [sys.executable, "-m", "pipelines.curate", "--manifest", str(manifest)]
-    with open(log_file, "wb") as err:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+    return killing.start(cmd, log_file)
 
 
 def wait_ready(proc: subprocess.Popen, log_file: Path, timeout: float) -> float | None:
@@ -124,17 +119,6 @@ def wait_ready(proc: subprocess.Popen, log_file: Path, timeout: float) -> float 
             return time.perf_counter() - t0
         time.sleep(0.05)
     return None
-
-
-def finish(proc: subprocess.Popen, timeout: float | None) -> bool:
-    """Wait for the run; True when it ended by itself, False when killed at ``timeout``."""
-    try:
-        proc.wait(timeout=timeout)
-        return True
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return False
 
 
 def progress(out: Path) -> str:
@@ -148,21 +132,8 @@ def progress(out: Path) -> str:
     return ", ".join(parts) if work.exists() else "nothing written"
 
 
-def content(out: Path) -> tuple[dict[str, bytes], dict]:
-    files = {str(p.relative_to(out)): p.read_bytes()
-             for d in ("samples", "rejected") for p in sorted((out / d).glob("*"))}  # fmt: skip
-    report = json.loads((out / "report.json").read_text())
-    return files, {k: v for k, v in report.items() if k not in VOLATILE}
-
-
 def differences(a: Path, b: Path) -> list[str]:
-    (fa, ra), (fb, rb) = content(a), content(b)
-    diff = [f"only in one: {k}" for k in sorted(fa.keys() ^ fb.keys())]
-    diff += [f"bytes differ: {k}" for k in sorted(fa.keys() & fb.keys()) if fa[k] != fb[k]]
-    if ra != rb:
-        diff.append("report.json differs (beyond timing)")
-    diff += [f"left behind: {p.relative_to(b)}" for p in b.rglob("*.tmp-*")]
-    return diff
+    return killing.compare(a, b, ("samples", "rejected"), "report.json", VOLATILE)
 
 
 def run(work: Path, kills: int, seed: int, log=print, in_process: bool = False) -> dict:
@@ -188,7 +159,7 @@ def run(work: Path, kills: int, seed: int, log=print, in_process: bool = False) 
             proc = start(work / "ref.yaml", err)
             ready = wait_ready(proc, err, 300)
             t_ready = time.perf_counter() - t0
-            if not finish(proc, 600) or proc.returncode != 0 or ready is None:
+            if not killing.finish(proc, 600) or proc.returncode != 0 or ready is None:
                 raise RuntimeError(f"the reference run failed:\n{err.read_text()[-3000:]}")
             span = time.perf_counter() - t0 - t_ready  # the curation itself, after Ray is up
         log(f"reference run: Ray up in {t_ready:.1f} s, curation {span:.1f} s, {progress(ref)}")
@@ -201,15 +172,15 @@ def run(work: Path, kills: int, seed: int, log=print, in_process: bool = False) 
             while True:  # one round: kill until a run ends by itself
                 proc = start(work / "killed.yaml", err)
                 if done >= kills:  # the last run of the round: uninterrupted
-                    ended = finish(proc, 600)
+                    ended = killing.finish(proc, 600)
                 elif rng.random() < 0.1:  # now and then while Ray starts
                     delay = rng.uniform(0.0, t_ready)
-                    ended = finish(proc, delay)
+                    ended = killing.finish(proc, delay)
                     when = f"{delay:5.1f} s after start"
                 else:  # mostly during the curation: units, dedup, finalize, report
                     wait_ready(proc, err, 300)
                     delay = rng.uniform(0.0, span)
-                    ended = finish(proc, delay)
+                    ended = killing.finish(proc, delay)
                     when = f"{delay:5.1f} s after Ray was up"
                 if not ended:
                     done += 1

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
+from neo_data.encoding.images import ImageRejected, open_image
 from neo_data.format.storage import url_to_fs
 from neo_data.manifest.recaption import RecaptionSpec
 from neo_data.recaption.job import plan_inputs
@@ -64,3 +66,15 @@ def test_a_stale_failures_file_is_removed_when_the_file_now_has_none(tmp_path):
     assert not (out / "failures" / "in.parquet").exists()
     (row,) = pq.read_table(out / "samples" / "in.parquet").to_pylist()
     assert [c["text"] for c in row["captions"]] == ["orig", "new"]  # keep_both: original first
+
+
+def test_a_failed_rows_detail_is_the_same_in_every_run():
+    """Pillow names the BytesIO's memory address when it cannot identify an image; the detail
+    written to failures/ drops it, so a resumed run writes the uninterrupted run's bytes (the
+    recaption kill scenario found it)."""
+    with pytest.raises(ImageRejected) as e:
+        open_image(b"\x89PNG\r\n broken", 1 << 20)
+    assert (e.value.reason, e.value.detail) == (
+        "image_decode_error",
+        "UnidentifiedImageError: cannot identify image file",
+    )

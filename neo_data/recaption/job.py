@@ -10,10 +10,13 @@ Layout of ``recaption.output``::
     │                                  lineage, ``reason``, ``detail``); these rows are in
     │                                  samples/ too, unchanged
     ├── report.json                    counts (every input row is recaptioned, failed or
-    │                                  skipped, by reason), provenance, timing; written last
-    │                                  (:mod:`neo_data.recaption.report`)
+    │                                  skipped, by reason), provenance, timing; written last,
+    │                                  once the markers' counts are found again in the output
+    │                                  files (:mod:`neo_data.recaption.verify`,
+    │                                  :mod:`neo_data.recaption.report`)
     └── _work/                         spec.sha256 + one marker per finished input file,
                                        written after its output: a rerun skips those files
+                                       (temporaries of a killed run are swept at the start)
 
 On Ray Data: each input row group is read by a task (only the columns the stage needs), rows go
 in batches of ``batch_size`` through ``pool_size`` actors of :class:`RecaptionStage` (the

@@ -7,6 +7,7 @@ file left anywhere."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -14,6 +15,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -210,3 +212,49 @@ def print_kills(result: dict, done_header: str) -> None:
           f"{len(result['problems'])} difference(s) from the uninterrupted run")  # fmt: skip
     for p in result["problems"]:
         print("  " + p)
+
+
+def reference_then_kills(
+    cmd: list[str],
+    out: Path,
+    output: str,
+    kills: int,
+    seed: int,
+    differences: Callable[[Path, Path], list[str]],
+    done: Callable[[Path], int],
+    per_round: int = 2,
+    env: dict[str, str] | None = None,
+) -> dict:
+    """The uninterrupted run of ``cmd`` into ``out/<output>``, moved to ``out/reference``; then
+    :func:`kill_rounds` into ``out/<output>`` again (one command, so one manifest: its hash is in
+    the outputs). Logs go to ``out/reference.log`` and ``out/killed.log``."""
+    t0 = time.monotonic()
+    if (how := run_job(cmd, out / "reference.log", out / output, env=env)) != "finished":
+        raise RuntimeError(f"the uninterrupted run did not finish ({how}); see reference.log")
+    seconds = time.monotonic() - t0
+    (out / output).rename(out / "reference")
+    files = sum(1 for p in (out / "reference").rglob("*") if p.is_file())
+    result = kill_rounds(cmd, out / "killed.log", out / output, out / "reference", kills,
+                         random.Random(seed), differences, done, per_round, env)  # fmt: skip
+    return {"reference_seconds": round(seconds, 2), "files": files, **result}
+
+
+def main(
+    doc: str, scenario: Callable[[Path, int, int, int], dict], done_header: str, argv=None
+) -> int:
+    """A scenario module's command line: ``--kills``, ``--seed``, ``--per-round``, ``--out``;
+    writes ``<out>/result.json``, prints the kills; 0 only when every round matched."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-round", type=int, default=2, help="kills before a run to the end")
+    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
+    args = ap.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="neo-kill-"))
+    out.mkdir(parents=True, exist_ok=True)
+    result = scenario(out, args.kills, args.seed, args.per_round)
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    print(f"reference run: {result['reference_seconds']} s, {result['files']} files; "
+          f"work folder {out}")  # fmt: skip
+    print_kills(result, done_header)
+    return 0 if not result["problems"] and result["rounds"] else 1

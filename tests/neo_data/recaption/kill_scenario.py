@@ -19,21 +19,16 @@ kills and writes ``<out>/result.json``; exits 0 only when every check passed.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import random
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import yaml
 from PIL import Image
 
 from neo_model.testing import save_random_neo
+from tests import killing
 from tests.helpers import caption_row, conversation_row, text_row, write_curated
-from tests.killing import compare, environment, kill_rounds, print_kills, run_job
 
 COMPARED = ("samples", "failures")
 TIME_FIELDS = ("created_at", "seconds")
@@ -93,46 +88,19 @@ def markers(out: Path) -> int:
 
 
 def differences(ref: Path, out: Path) -> list[str]:
-    return compare(ref, out, COMPARED, "report.json", TIME_FIELDS)
+    return killing.compare(ref, out, COMPARED, "report.json", TIME_FIELDS)
 
 
 def scenario(out: Path, kills: int, seed: int, per_round: int = 2) -> dict:
-    rng = random.Random(seed)
     write_inputs(out / "curated")
     model = save_random_neo(out / "neo-tiny")
-    # one manifest (its hash is in the report), recaptioned into out/recaptioned: the reference
-    # first, moved to out/reference, then the killed runs
     manifest = out / "kill.yaml"
     manifest.write_text(manifest_text(out / "curated", model, out / "recaptioned"))
-    env = environment(SOURCE_DATE_EPOCH=EPOCH)
-    t0 = time.monotonic()
-    how = run_job(command(manifest), out / "reference.log", out / "recaptioned", env=env)
-    if how != "finished":
-        raise RuntimeError(f"the uninterrupted recaption did not finish ({how}); see reference.log")
-    ref_seconds = time.monotonic() - t0
-    (out / "recaptioned").rename(out / "reference")
-    files = sum(1 for p in (out / "reference").rglob("*") if p.is_file())
-    result = kill_rounds(command(manifest), out / "killed.log", out / "recaptioned",
-                         out / "reference", kills, rng, differences, markers, per_round, env)  # fmt: skip
-    return {"reference_seconds": round(ref_seconds, 2), "files": files, **result}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--per-round", type=int, default=2, help="kills before a run to the end")
-    ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
-    args = ap.parse_args(argv)
-    out = args.out or Path(tempfile.mkdtemp(prefix="neo-kill-"))
-    out.mkdir(parents=True, exist_ok=True)
-    result = scenario(out, args.kills, args.seed, args.per_round)
-    (out / "result.json").write_text(json.dumps(result, indent=1))
-    print(f"reference run: {result['reference_seconds']} s, {result['files']} files; "
-          f"work folder {out}")  # fmt: skip
-    print_kills(result, "files done")
-    return 0 if not result["problems"] and result["rounds"] else 1
+    env = killing.environment(SOURCE_DATE_EPOCH=EPOCH)
+    return killing.reference_then_kills(
+        command(manifest), out, "recaptioned", kills, seed, differences, markers, per_round, env
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(killing.main(__doc__, scenario, "files done"))

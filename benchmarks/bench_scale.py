@@ -217,7 +217,10 @@ def dedup_inputs(n: int, tmp: Path) -> tuple[list, object]:
                       "_phash": phash[start:stop]}),
             path,
         )  # fmt: skip
-        units.append(Unit(f"scale-0000-{c:05d}", 0, str(path), "parquet", start, stop, start))
+        size = path.stat().st_size
+        units.append(
+            Unit(f"scale-0000-{c:05d}", 0, str(path), "parquet", start, stop, start, size, None)
+        )
     spec = CurateSpec.model_validate(
         {"output": str(tmp / "out"), "sources": [{"name": "scale", "path": "x.parquet"}]}
     )

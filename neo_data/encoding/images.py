@@ -218,10 +218,12 @@ def prepare_image(
         stored = (height, width) if upright != (w, h) else (width, height)
         with _decoding():
             img.draft(img.mode, stored)
-    resized = resize_to_target(_decode(img, orientation), min_pixels, max_pixels)
-    if resized.size != (width, height):
-        raise RuntimeError(f"resized to {resized.size}, expected {(width, height)}")
-    return PreparedImage(encode_image(resized, encoding), height, width)
+    decoded = _decode(img, orientation)
+    # The target is the full image's: a draft decode is smaller, and smart resize of its size
+    # may round to another grid, so resize to the target itself, never to one recomputed here.
+    if decoded.size != (width, height):
+        decoded = decoded.resize((width, height), Image.Resampling.BICUBIC)
+    return PreparedImage(encode_image(decoded, encoding), height, width)
 
 
 def resize_to_target(img: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:

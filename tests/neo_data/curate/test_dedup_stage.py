@@ -54,7 +54,7 @@ def inputs(tmp_path_factory) -> tuple[Path, list[Unit], list[DedupItem]]:
                 path,
             )  # fmt: skip
             units.append(Unit(f"{name}-0000-{c:05d}", s, str(path), "parquet", start,
-                              start + len(chunk), start))  # fmt: skip
+                              start + len(chunk), start, path.stat().st_size, None))  # fmt: skip
             for i in kept:
                 r = chunk[i]
                 thr = thresholds[s] if r["phash"] is not None else None

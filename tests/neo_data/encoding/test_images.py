@@ -115,6 +115,25 @@ def test_a_large_jpeg_decoded_in_draft_mode_matches_the_full_decode(orientation)
     assert 40 < psnr < 80  # draft really ran (not bit-identical) and stays faithful
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    w=st.integers(40, 900),
+    h=st.integers(40, 900),
+    budget=st.sampled_from([(1024, 4096), (32 * 32, 96 * 96), (96 * 64, 96 * 96), (9216, 9216)]),
+)
+def test_a_draft_decoded_jpeg_ends_at_the_target_of_the_full_image(w, h, budget):
+    """The draft decode is smaller than the image; the result must still be the smart-resize
+    target of the full image's size (a target recomputed from the draft's size rounds to
+    another grid: 101x203 at 1024..4096 px drafted and came out 32x128 instead of 32x96)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (10, 200, 30)).save(buf, "JPEG")
+    lo, hi = budget
+    out = prepare_image(buf.getvalue(), lo, hi, ImageEncoding())
+    assert (out.height, out.width) == smart_resize(h, w, lo, hi)
+    with Image.open(io.BytesIO(out.data)) as im:
+        assert im.size == (out.width, out.height)
+
+
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
 def test_encodings_round_trip_with_high_fidelity(fmt):
     img = _gradient(640, 480)

@@ -4,7 +4,7 @@ and the deterministic pack plan of one window.
 A **unit** is one row group of a curated input file. Units of all files are interleaved by
 their position in their file (so every window mixes the sources, and text-only files do not form
 windows of their own) and cut into **windows** of about ``pack.window_samples`` samples, each
-packed by one Ray Data task (:mod:`neo_data.pack.job`). Which text-only samples are kept is
+packed by one Ray actor call (:mod:`neo_data.pack.job`). Which text-only samples are kept is
 decided once over the whole input (:func:`text_quota`: a seeded hash of the sample id under a
 threshold from the global counts), so the text ratio is the manifest's whatever the windows. A
 window's plan spreads its kept text over the buckets, groups each bucket's samples by first-fit
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neo_data.encoding.encode import SampleRejected
-from neo_data.format.schema import CURATED_SCHEMA, check_schema, shard_name
+from neo_data.format.schema import CURATED_SCHEMA, check_schema
 from neo_data.format.storage import url_to_fs
 from neo_data.manifest import PackSpec
 from neo_data.pack.packing import choose_groups
@@ -214,10 +214,6 @@ class ShardPlan:
     window: int
     index: int  # shard number within the window and bucket
     packs: list[list[tuple[str, int]]]  # per pack, (unit_id, row) of its samples in order
-
-    @property
-    def path(self) -> str:
-        return shard_name(self.bucket, self.window, self.index)
 
 
 @dataclass

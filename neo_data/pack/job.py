@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -63,14 +64,17 @@ from neo_data.manifest import Manifest
 from neo_data.pack.packing import build_pack
 from neo_data.pack.plan import (
     LENGTH_SCHEMA,
+    RADIX_BITS,
+    KeyCounts,
     Unit,
     Window,
     bucket_of,
+    key_counts,
     plan_units,
     plan_window,
     plan_windows,
+    quota_from_passes,
     read_input_ids,
-    text_quota,
 )
 from neo_data.pack.report import make_report, recount, verify_report
 from neo_data.pack.resume import (
@@ -293,20 +297,20 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None) -> PackResul
     if done is not None:
         check_finished(done, inputs, output)
         return PackResult(output, done, skipped=True)
-    ids = read_input_ids(units)
-    quota = text_quota(ids, pack.text_ratio, pack.seed)
+    workers = max(1, concurrency or int(ray.cluster_resources().get("CPU", 1)))
+    quota = quota_from_passes(_count_passes(units, pack.seed, workers), pack.text_ratio)
     windows = plan_windows(units, pack.window_samples)
     claim_plan(fs, root, output, plan_record(inputs, windows, quota))
     for path in remove_stale_temporaries(fs, root, ["shards", REJECTED_DIR, WORK_DIR]):
         log.info("removed %s (left by a killed run)", path)
     log.info("pack %s: %d input files, %d windows", manifest.name, len(files), len(windows))
-    workers = min(len(windows), concurrency or max(1, int(ray.cluster_resources().get("CPU", 1))))
-    results = _pack_windows(manifest, output, windows, max(1, workers), quota.threshold)
+    results = _pack_windows(
+        manifest, output, windows, max(1, min(len(windows), workers)), quota.threshold
+    )
     results.sort(key=lambda r: r["window"])
     index = make_report(manifest, mhash, results, time.perf_counter() - t0, inputs)
     verify_report(index)  # a miscount leaves no index: the dataset stays unfinished
-    packed, rejected = output_ids(fs, root, index["shards"])
-    problems = recount(packed, rejected, inputs["rows"], ids["sample_id"])
+    problems = _recount(fs, root, output, windows, results, inputs["rows"], workers)
     if problems:
         raise RuntimeError(
             f"{output}: the outputs do not account for the input: " + "; ".join(problems)
@@ -344,21 +348,141 @@ def _pack_windows(
     return results
 
 
-def output_ids(
-    fs: fsspec.AbstractFileSystem, root: str, shards: list[dict]
-) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
-    """The sample ids in the shards (from the files, not the markers; ``shards`` are index
-    entries, either format) and in ``rejected/``."""
-    packed = []
-    for s in shards:
+# ---------------------------------------------------------------------------------------------
+# Work the driver hands out instead of holding per-sample state
+# ---------------------------------------------------------------------------------------------
+
+ROWS_PER_COUNT_TASK = 500_000  # input rows one counting task reads (two small columns)
+
+
+def _batches(units: list[Unit], parts: int, max_rows: int) -> list[list[Unit]]:
+    """Consecutive units in about ``parts`` groups of at most ``max_rows`` rows (a unit is
+    never split)."""
+    total = sum(u.num_rows for u in units)
+    size = max(1, min(max_rows, -(-total // max(1, parts))))
+    batches: list[list[Unit]] = [[]]
+    rows = 0
+    for u in units:
+        if batches[-1] and rows + u.num_rows > size:
+            batches.append([])
+            rows = 0
+        batches[-1].append(u)
+        rows += u.num_rows
+    return [b for b in batches if b]
+
+
+def _unit_key_counts(units: list[Unit], seed: int, prefix: int, bits: int, collect: bool):
+    return key_counts(read_input_ids(units), seed, prefix, bits, collect)
+
+
+def _count_passes(units: list[Unit], seed: int, workers: int):
+    """A counting pass of :func:`~neo_data.pack.plan.quota_from_passes` as Ray tasks over
+    batches of units (each reads its rows' ``sample_id`` / ``text_only``); the driver merges
+    the results as they come, so it holds one histogram, never the ids."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(_unit_key_counts)
+    batches = _batches(units, 2 * workers, ROWS_PER_COUNT_TASK)
+
+    def count(prefix: int, bits: int, collect: bool) -> KeyCounts:
+        refs = [task.remote(b, seed, prefix, bits, collect) for b in batches]
+        total = KeyCounts(hist=np.zeros(1 << RADIX_BITS, np.int64)) if not collect else KeyCounts()
+        while refs:
+            [done], refs = ray.wait(refs, num_returns=1)
+            total = total.merge(ray.get(done))
+        return total
+
+    return count
+
+
+def _rejected_files(window: Window, result: dict) -> list[str]:
+    """The ``rejected/`` files a finished window wrote (its marker's counts say which)."""
+    names = [rejected_name(u["unit_id"]) for u in result["units"] if sum(u["dropped"].values())]
+    if result.get("text_over_ratio"):
+        names.append(rejected_name(f"{window.window_id}-text_over_ratio"))
+    return names
+
+
+def recount_window(output: str, window: Window, result: dict) -> dict:
+    """Recount one finished window from its files: the sample ids in its shards and its
+    ``rejected/`` files against the ids of its input rows (every row packed or rejected exactly
+    once, :func:`~neo_data.pack.report.recount`). Memory is bounded by the window."""
+    fs, root = url_to_fs(output)
+    inputs = read_input_ids(window.units, ("sample_id",))["sample_id"]
+    packed, rejected = [], []
+    for s in result["shards"]:
         reader = open_shard(fs, join(root, s["path"]), s.get("format", "parquet"), s.get("bytes"))
-        packed.append(reader.read_all(["sample_ids"])["sample_ids"])
-    rejected = []
-    for path in sorted(fs.glob(join(root, REJECTED_DIR, "*.parquet"))):
-        with fs.open(path, "rb") as f:
-            rejected.append(pq.read_table(f, columns=["sample_id"])["sample_id"])
-    flat = [pc.list_flatten(c) for c in packed]
-    return (
-        pa.chunked_array([c for a in flat for c in a.chunks], type=pa.string()),
-        pa.chunked_array([c for a in rejected for c in a.chunks], type=pa.string()),
-    )
+        packed.extend(pc.list_flatten(reader.read_all(["sample_ids"])["sample_ids"]).chunks)
+    problems = []
+    for name in _rejected_files(window, result):
+        try:
+            with fs.open(join(root, name), "rb") as f:
+                rejected.extend(pq.read_table(f, columns=["sample_id"])["sample_id"].chunks)
+        except FileNotFoundError:
+            problems.append(f"{name} is missing")
+    packed_ids = pa.chunked_array(packed, type=pa.string())
+    rejected_ids = pa.chunked_array(rejected, type=pa.string())
+    problems += recount(packed_ids, rejected_ids, len(inputs), inputs)
+    return {
+        "window": window.window_id,
+        "rows_in": len(inputs),
+        "packed": len(packed_ids),
+        "rejected": len(rejected_ids),
+        "problems": problems,
+    }
+
+
+def _recount_windows(output: str, pairs: list[tuple[Window, dict]]) -> list[dict]:
+    return [recount_window(output, w, r) for w, r in pairs]
+
+
+def _recount(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    output: str,
+    windows: list[Window],
+    results: list[dict],
+    rows_in: int,
+    workers: int,
+) -> list[str]:
+    """Every window recounted from its files in Ray tasks (:func:`recount_window`); the driver
+    sums the counts and checks that ``rejected/`` holds exactly the windows' files. The windows
+    partition the input's units (the plan), so this accounts for every input row exactly once;
+    a sample id that the *input* repeats in two windows is not a packing error and passes."""
+    import ray
+
+    by_id = {r["window"]: r for r in results}
+    pairs = [(w, by_id[w.window_id]) for w in windows]
+    task = ray.remote(num_cpus=1)(_recount_windows)
+    per_task = max(1, -(-len(pairs) // (2 * workers)))
+    refs = [task.remote(output, pairs[i : i + per_task]) for i in range(0, len(pairs), per_task)]
+    problems: list[str] = []
+    bad_windows = packed = rejected = counted = 0
+    for ref in refs:
+        for c in ray.get(ref):
+            counted += c["rows_in"]
+            packed += c["packed"]
+            rejected += c["rejected"]
+            if c["problems"]:
+                bad_windows += 1
+                if bad_windows <= 3:
+                    problems += [f"window {c['window']}: {p}" for p in c["problems"]]
+    if bad_windows > 3:
+        problems.append(f"and {bad_windows - 3} more windows with problems")
+    if counted != rows_in or packed + rejected != rows_in:
+        problems.append(
+            f"{rows_in} rows in, but the windows read {counted}, the shards hold {packed} "
+            f"samples and rejected/ {rejected} rows"
+        )
+    expected = {n for w, r in pairs for n in _rejected_files(w, r)}
+    found = {
+        f"{REJECTED_DIR}/{p.rsplit('/', 1)[-1]}"
+        for p in fs.glob(join(root, REJECTED_DIR, "*.parquet"))
+    }
+    stray = sorted(found - expected)
+    if stray:
+        problems.append(
+            f"{len(stray)} file(s) in {REJECTED_DIR}/ belong to no window of the plan, "
+            f"e.g. {stray[0]}"
+        )
+    return problems

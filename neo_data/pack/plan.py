@@ -14,6 +14,7 @@ decreasing (:mod:`neo_data.pack.packing`) and cuts the packs into shards.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -86,20 +87,22 @@ def plan_units(files: list[str]) -> list[Unit]:
         return [u for units in pool.map(footer, files) for u in units]
 
 
-def read_input_ids(units: list[Unit]) -> pa.Table:
-    """``sample_id`` and ``text_only`` of every input row, in unit order (two small columns:
-    the text quota is decided from them and the outputs are recounted against them)."""
+def read_input_ids(
+    units: list[Unit], columns: tuple[str, ...] = ("sample_id", "text_only")
+) -> pa.Table:
+    """``sample_id`` and ``text_only`` of the rows of ``units``, in unit order (two small
+    columns: what the text quota is counted from, and what a window's outputs are recounted
+    against). Called per task on a slice of the input, never for the whole input on the driver."""
 
     def read(unit: Unit) -> pa.Table:
         fs, path = url_to_fs(unit.file)
         with fs.open(path, "rb") as f:
-            return pq.ParquetFile(f).read_row_group(
-                unit.row_group, columns=["sample_id", "text_only"]
-            )
+            return pq.ParquetFile(f).read_row_group(unit.row_group, columns=list(columns))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         tables = list(pool.map(read, units))
-    schema = pa.schema([("sample_id", pa.string()), ("text_only", pa.bool_())])
+    types = {"sample_id": pa.string(), "text_only": pa.bool_()}
+    schema = pa.schema([(c, types[c]) for c in columns])
     return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
 
 
@@ -108,6 +111,8 @@ def read_input_ids(units: list[Unit]) -> pa.Table:
 # ---------------------------------------------------------------------------------------------
 
 KEEP_ALL = 2**64  # a threshold above every key
+RADIX_BITS = 16  # a counting pass resolves this many bits of the threshold
+COLLECT_KEYS = 1 << 20  # a bin with at most this many keys is collected and sorted instead
 
 
 @dataclass(frozen=True)
@@ -131,18 +136,93 @@ def text_key(seed: int, sample_id: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-def text_quota(ids: pa.Table, ratio: float, seed: int) -> TextQuota:
-    """The text quota of an input from its ``sample_id`` / ``text_only`` columns
-    (:func:`read_input_ids`): the ``target`` smallest keys are kept (exactly, for unique ids)."""
+@dataclass
+class KeyCounts:
+    """What one counting pass over a part of the input returns (mergeable, bounded in size):
+    its rows and text rows, and among the text keys whose top ``prefix_bits`` bits are
+    ``prefix`` either a histogram of the next :data:`RADIX_BITS` bits or the keys themselves."""
+
+    rows: int = 0
+    text_rows: int = 0
+    hist: np.ndarray | None = None  # int64[2**RADIX_BITS]
+    keys: np.ndarray | None = None  # uint64, sorted
+
+    def merge(self, other: KeyCounts) -> KeyCounts:
+        hist = (
+            self.hist
+            if other.hist is None
+            else (other.hist if self.hist is None else self.hist + other.hist)
+        )
+        keys = (
+            self.keys
+            if other.keys is None
+            else (
+                other.keys
+                if self.keys is None
+                else np.sort(np.concatenate([self.keys, other.keys]))
+            )
+        )
+        return KeyCounts(self.rows + other.rows, self.text_rows + other.text_rows, hist, keys)
+
+
+def key_counts(
+    ids: pa.Table, seed: int, prefix: int = 0, prefix_bits: int = 0, collect: bool = False
+) -> KeyCounts:
+    """One counting pass over ``ids`` (``sample_id`` / ``text_only`` columns)."""
     flags = ids["text_only"].to_numpy(zero_copy_only=False).astype(bool)
-    n_text, n_mm = int(flags.sum()), int((~flags).sum())
+    texts = ids["sample_id"].filter(pa.array(flags)).to_pylist() if flags.any() else []
+    keys = np.fromiter((text_key(seed, s) for s in texts), dtype=np.uint64, count=len(texts))
+    if prefix_bits:
+        keys = keys[(keys >> np.uint64(64 - prefix_bits)) == np.uint64(prefix)]
+    out = KeyCounts(len(flags), int(flags.sum()))
+    if collect:
+        out.keys = np.sort(keys)
+    else:
+        shift = np.uint64(64 - prefix_bits - RADIX_BITS)
+        digits = ((keys >> shift) & np.uint64((1 << RADIX_BITS) - 1)).astype(np.int64)
+        out.hist = np.bincount(digits, minlength=1 << RADIX_BITS).astype(np.int64)
+    return out
+
+
+CountPass = Callable[[int, int, bool], KeyCounts]
+
+
+def quota_from_passes(
+    count: CountPass, ratio: float, collect_keys: int = COLLECT_KEYS
+) -> TextQuota:
+    """The text quota by radix selection over counting passes: ``count(prefix, prefix_bits,
+    collect)`` runs :func:`key_counts` over the whole input (in tasks, merged) and returns the
+    merged result. The ``target``-th smallest key (0-based) is found 16 bits per pass; once its
+    bin holds at most ``collect_keys`` keys they are collected and sorted. The caller holds one
+    histogram and at most ``collect_keys`` keys, whatever the input's size; usually two passes."""
+    first = count(0, 0, False)
+    n_text, n_mm = first.text_rows, first.rows - first.text_rows
     target = n_text if n_mm == 0 else min(n_text, int(round(ratio / (1.0 - ratio) * n_mm)))
-    threshold = KEEP_ALL
-    if target < n_text:
-        texts = ids["sample_id"].to_numpy(zero_copy_only=False)[flags]
-        keys = sorted(text_key(seed, sid) for sid in texts)
-        threshold = keys[target]
-    return TextQuota(len(flags), n_text, target, threshold)
+    if target >= n_text:
+        return TextQuota(first.rows, n_text, target, KEEP_ALL)
+    rank, prefix, bits, hist = target, 0, 0, first.hist
+    while True:
+        cum = np.cumsum(hist)
+        digit = int(np.searchsorted(cum, rank, side="right"))
+        rank -= int(cum[digit - 1]) if digit else 0
+        in_bin = int(hist[digit])
+        prefix, bits = (prefix << RADIX_BITS) | digit, bits + RADIX_BITS
+        if bits == 64:
+            threshold = prefix
+            break
+        if in_bin <= collect_keys:
+            keys = count(prefix, bits, True).keys
+            threshold = int(keys[rank])
+            break
+        hist = count(prefix, bits, False).hist
+    return TextQuota(first.rows, n_text, target, threshold)
+
+
+def text_quota(ids: pa.Table, ratio: float, seed: int) -> TextQuota:
+    """The text quota of an input held in memory (its ``sample_id`` / ``text_only`` columns):
+    the ``target`` smallest keys are kept (exactly, for unique ids). The pack job computes the
+    same quota with :func:`quota_from_passes` over Ray tasks, never holding the ids."""
+    return quota_from_passes(lambda p, b, c: key_counts(ids, seed, p, b, c), ratio)
 
 
 @dataclass(frozen=True)

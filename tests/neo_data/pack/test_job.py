@@ -410,3 +410,47 @@ def test_token_columns_are_zstd_and_images_stored_as_is(packed):
     for col in ("input_ids", "labels", "t_index", "h_index", "w_index", "image_ordinal"):
         assert codec[col] == "ZSTD", col
     assert codec["images"] == "UNCOMPRESSED"
+
+
+def test_the_driver_never_reads_the_input_rows(
+    ray_local, packed, curated_dir, tmp_path, monkeypatch
+):
+    """The text quota and the recount run in Ray tasks: with reading input ids made to fail in
+    the driver process (the tasks import their own copy), the job still gives the same dataset,
+    so the driver's memory does not grow with the input's rows."""
+    import neo_data.pack.job as job
+    import neo_data.pack.plan as plan
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver read input rows")
+
+    monkeypatch.setattr(plan, "read_input_ids", refuse)
+    monkeypatch.setattr(job, "read_input_ids", refuse)
+    result = run_pack(manifest_for(str(curated_dir), str(tmp_path / "ds")))
+    assert _shard_hashes(result.index) == _shard_hashes(packed.index)
+    assert result.index["totals"] == packed.index["totals"]
+
+
+def test_a_missing_or_stray_rejected_file_stops_the_index(ray_local, curated_dir, tmp_path):
+    """Every window is recounted from its files before the index: a rejected/ file a window
+    wrote and that is gone, or a file no window wrote, leaves the dataset without index.json,
+    naming the file; restoring it lets the rerun finish."""
+    out = tmp_path / "ds"
+    m = manifest_for(str(curated_dir), str(out))
+    run_pack(m)
+    (out / "index.json").unlink()
+    files = sorted((out / "rejected").glob("*.parquet"))
+    assert files
+    kept = files[0].read_bytes()
+    files[0].unlink()
+    with pytest.raises(RuntimeError, match=rf"rejected/{files[0].name} is missing"):
+        run_pack(m)
+    assert not (out / "index.json").exists()
+    files[0].write_bytes(kept)
+    (out / "rejected" / "someone-else.parquet").write_bytes(kept)
+    with pytest.raises(
+        RuntimeError, match=r"belong to no window of the plan, e\.g\. rejected/some"
+    ):
+        run_pack(m)
+    (out / "rejected" / "someone-else.parquet").unlink()
+    assert not run_pack(m).skipped and (out / "index.json").exists()

@@ -4,19 +4,24 @@ budget cutting packs, packs cut into shards of ``packs_per_shard``."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from neo_data.encoding.encode import SampleRejected
 from neo_data.manifest import PackSpec
 from neo_data.pack.plan import (
+    KEEP_ALL,
     LENGTH_SCHEMA,
+    KeyCounts,
     Unit,
     bucket_of,
     interleave,
+    key_counts,
     plan_units,
     plan_window,
     plan_windows,
+    quota_from_passes,
     text_key,
     text_quota,
 )
@@ -232,3 +237,45 @@ def test_a_row_no_bucket_fits_is_a_rejected_row_not_a_stopped_window(tmp_path):
     assert [(r["sample_id"], r["reason"]) for r in rejected] == [
         ("test-000000", "image_above_every_bucket")
     ]
+
+
+def test_the_quota_by_counting_passes_equals_sorting_every_key():
+    """The radix selection the job runs over Ray tasks (``quota_from_passes``, partial counts
+    merged in any split) picks the same threshold as sorting every text key, also when ties
+    (repeated ids) straddle the threshold and when bins are too full to collect at once."""
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        n_text, n_cap = int(rng.integers(1, 400)), int(rng.integers(0, 400))
+        texts = [f"t{int(rng.integers(0, 50 if trial % 3 == 0 else 10**9))}" for _ in range(n_text)]
+        ids = pa.table(
+            {
+                "sample_id": texts + [f"c{i}" for i in range(n_cap)],
+                "text_only": [True] * n_text + [False] * n_cap,
+            }
+        )
+        ratio = float(rng.choice([0.05, 0.3, 0.6]))
+        seed = int(rng.integers(0, 5))
+        flags = np.array(ids["text_only"].to_pylist())
+        cut = sorted(
+            rng.choice(np.arange(1, len(flags)), size=min(3, len(flags) - 1), replace=False)
+        )
+        parts = [ids.slice(a, b - a) for a, b in zip([0, *cut], [*cut, len(flags)], strict=True)]
+
+        def count(prefix, bits, collect, parts=parts, seed=seed):
+            total = KeyCounts()
+            for part in parts:
+                total = total.merge(key_counts(part, seed, prefix, bits, collect))
+            return total
+
+        keys = sorted(text_key(seed, s) for s in texts)
+        target = n_text if n_cap == 0 else min(n_text, round(ratio / (1 - ratio) * n_cap))
+        want = keys[target] if target < n_text else KEEP_ALL
+        for collect_keys in (1 << 20, 2, 0):  # 0: every bin is counted down to all 64 bits
+            q = quota_from_passes(count, ratio, collect_keys=collect_keys)
+            assert (q.rows, q.text_rows, q.target, q.threshold) == (
+                n_text + n_cap,
+                n_text,
+                target,
+                want,
+            ), (trial, collect_keys)
+        assert text_quota(ids, ratio, seed).threshold == want

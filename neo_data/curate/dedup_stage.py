@@ -294,7 +294,7 @@ def run_dedup(
     units: list[Unit],
     candidates: Callable[[Unit], str],
     output: str,
-    run_bounded: Callable[[Callable[[Any], Any], list, int], list[dict]],
+    run_bounded: Callable[[Callable[[Any], Any], list, int, str], list[dict]],
     workers: int,
 ) -> tuple[DedupPlan, dict[str, Any]]:
     """Run (or resume) the three dedup stages; returns the plan and counts for the report."""
@@ -318,13 +318,16 @@ def run_dedup(
         lambda g: task.remote(
             spec_json, g, [(u, candidates(u)) for u in plan.groups[g]], shape, output
         ), todo("map", groups),
-        workers,
+        workers, "dedup map",
     )  # fmt: skip
     rss += [m["max_rss_mib"] for m in out]
     task = ray.remote(pair_partition).options(num_cpus=1)
     starts = plan.starts
     out = run_bounded(
-        lambda p: task.remote(p, starts, output), todo("part", range(plan.partitions)), workers
+        lambda p: task.remote(p, starts, output),
+        todo("part", range(plan.partitions)),
+        workers,
+        "dedup pairs",
     )
     rss += [m["max_rss_mib"] for m in out]
     stats["dedup_pair_rows"] = sum(m["pairs"] for m in out)  # a sample: once per partition
@@ -334,6 +337,7 @@ def run_dedup(
         lambda g: task.remote(g, plan.partitions, per_unit, output),
         todo("decided", groups, ".parquet"),
         workers,
+        "dedup resolve",
     )
     rss += [m["max_rss_mib"] for m in out]
     stats["dedup_duplicates_decided"] = sum(m["duplicates"] for m in out)

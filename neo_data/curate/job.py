@@ -266,7 +266,7 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
     curated = done_units(fs, root, "units")
     todo = [u for u in units if u.unit_id not in curated]
     curate_task = ray.remote(curate_unit).options(num_cpus=1)
-    _run_bounded(lambda u: curate_task.remote(spec_json, u, output), todo, workers)
+    _run_bounded(lambda u: curate_task.remote(spec_json, u, output), todo, workers, "download")
     t_curate = time.perf_counter() - t0
 
     paths = lambda u: _paths(root, u.unit_id)["candidates"]  # noqa: E731
@@ -280,6 +280,7 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
         lambda u: final_task.remote(u, dedup.group_of(u), names, output),
         todo_final,
         workers,
+        "finalize",
     )
     seconds = time.perf_counter() - t0
     report = make_report(
@@ -305,21 +306,34 @@ def run_curate(manifest: Manifest, *, concurrency: int | None = None) -> CurateR
     return CurateResult(output, report, skipped=False)
 
 
-def _run_bounded(submit: Callable[[Unit], Any], units: list[Unit], limit: int) -> list[dict]:
+def _run_bounded(
+    submit: Callable[[Any], Any], units: list, limit: int, name: str = "curate"
+) -> list[dict]:
     """Run one task per unit with at most ``limit`` in flight (a bounded number of units'
-    images in memory; a failed task raises here, and the rerun resumes)."""
+    images in memory; a failed task raises here, and the rerun resumes). A progress line (rows
+    when the items are curate units, else items; rate and ETA) about every 5% of the items."""
     import ray
 
-    pending, results = [], []
-    queue = list(units)
+    from neo_data.console import Progress
+
+    rows = [u.stop - u.start if isinstance(u, Unit) else 1 for u in units]
+    progress = Progress(
+        name, sum(rows), "rows" if units and isinstance(units[0], Unit) else "tasks"
+    )
+    pending: dict = {}
+    results = []
+    queue = list(enumerate(units))
     step = max(1, len(units) // 20)
+    done_rows = 0
     while queue or pending:
         while queue and len(pending) < limit:
-            pending.append(submit(queue.pop(0)))
-        ready, pending = ray.wait(pending, num_returns=1)
-        results.extend(ray.get(ready))
+            k, u = queue.pop(0)
+            pending[submit(u)] = k
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        done_rows += rows[pending.pop(ready)]
+        results.append(ray.get(ready))
         if len(results) % step == 0 or not (queue or pending):
-            log.info("%d/%d units done", len(results), len(units))
+            log.info(progress.line(done_rows, f"{len(results)}/{len(units)} units"))
     return results
 
 

@@ -299,6 +299,10 @@ def run_pack(manifest: Manifest, *, concurrency: int | None = None) -> PackResul
         return PackResult(output, done, skipped=True)
     workers = max(1, concurrency or int(ray.cluster_resources().get("CPU", 1)))
     quota = quota_from_passes(_count_passes(units, pack.seed, workers), pack.text_ratio)
+    log.info(
+        "pack %s: %d input rows, %d text-only; the text ratio keeps %d of them",
+        manifest.name, quota.rows, quota.text_rows, quota.target,
+    )  # fmt: skip
     windows = plan_windows(units, pack.window_samples)
     claim_plan(fs, root, output, plan_record(inputs, windows, quota))
     for path in remove_stale_temporaries(fs, root, ["shards", REJECTED_DIR, WORK_DIR]):
@@ -329,9 +333,14 @@ def _pack_windows(
     actor = ray.remote(num_cpus=1)(PackWindows)
     manifest_json = manifest.model_dump_json()
     actors = [actor.remote(manifest_json, output) for _ in range(workers)]
+    from neo_data.console import Progress
+
     queue = list(reversed(windows))
     pending: dict = {}
     results = []
+    rows = {w.window_id: sum(u.num_rows for u in w.units) for w in windows}
+    progress = Progress("pack", sum(rows.values()), "rows")
+    step, done_rows = max(1, len(windows) // 20), 0
     try:
         for a in actors * 2:
             if queue:
@@ -340,6 +349,9 @@ def _pack_windows(
             [done], _ = ray.wait(list(pending), num_returns=1)
             a = pending.pop(done)
             results.append(ray.get(done))
+            done_rows += rows[results[-1]["window"]]
+            if len(results) % step == 0 or len(results) == len(windows):
+                log.info(progress.line(done_rows, f"{len(results)}/{len(windows)} windows"))
             if queue:
                 pending[a.pack_window.remote(queue.pop(), text_threshold)] = a
     finally:

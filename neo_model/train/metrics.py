@@ -87,6 +87,7 @@ class Meter:
             "grad_norm": read_scalar(grad_norm),
             "tokens_per_s": tokens / secs,
             "supervised_per_s": supervised / secs,
+            "step_seconds": secs / self.steps,
             **{f"mfu_{k}": v / peak for k, v in zip(self.flops, fl, strict=True)},
         }
         self.reset()
@@ -100,9 +101,16 @@ def read_scalar(value: float | torch.Tensor) -> float:
     return float(value)
 
 
-def format_metrics(m: dict[str, float]) -> str:
+def format_metrics(m: dict[str, float], total_steps: int | None = None) -> str:
+    """The console line of a log step; with ``total_steps``, the step out of the total and the
+    ETA at this interval's step time (checkpoint writes not included)."""
+    step = int(m["step"])
+    where = f"step {step:>6}"
+    if total_steps:
+        left = max(0, total_steps - step) * m.get("step_seconds", 0.0)
+        where = f"step {step:>6}/{total_steps} ({step / total_steps:.0%}, ETA {left:.0f} s)"
     return (
-        f"step {int(m['step']):>6}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  "
+        f"{where}  loss {m['loss']:.4f}  lr {m['lr']:.2e}  "
         f"grad {m['grad_norm']:.3f}  tok/s {m['tokens_per_s']:,.0f}  "
         f"MFU std {m['mfu_standard']:.2%} mask {m['mfu_mask_aware']:.2%} "
         f"frozen {m['mfu_frozen_corrected']:.2%}"
@@ -115,13 +123,14 @@ class MetricsLog:
 
     def __init__(self, spec: TrainSpec, rank: int) -> None:
         self.rank = rank
+        self.total_steps = spec.steps
         self.tensorboard = _tensorboard(spec, rank)
         self.jsonl = _open_metrics_log(spec, rank)
 
     def write(self, metrics: dict[str, float]) -> None:
         if self.rank != 0:
             return
-        log.info(format_metrics(metrics))
+        log.info(format_metrics(metrics, self.total_steps))
         if self.tensorboard is not None:
             for k, v in metrics.items():
                 self.tensorboard.add_scalar(f"train/{k}", v, metrics["step"])

@@ -106,7 +106,8 @@ def test_pack_job_console_is_quiet_and_ray_logs_go_to_the_file(tmp_path):
     )  # fmt: skip
     console = run.stdout + run.stderr
     assert run.returncode == 0, console[-3000:]
-    assert "pack quiet: 3 input files" in console  # the job's own progress line
+    assert "pack quiet: 3 input files" in console  # the job's own progress lines
+    assert re.search(r"pack: 40/40 rows \(100%\), [\d.,]+/s, [\d.]+ s; 1/1 windows", console)
     assert f"wrote {tmp_path / 'packed' / 'quiet'}/index.json" in console  # its summary
     log_file = tmp_path / "packed" / "logs" / "ray-pack.log"
     assert f"Ray's own logging: {log_file}" in console

@@ -8,7 +8,7 @@ import torch
 
 from neo_data.loader import TOKEN_COLUMNS, LoadedPack
 from neo_model.train.flops import FlopCount
-from neo_model.train.metrics import Meter
+from neo_model.train.metrics import Meter, format_metrics
 from neo_model.train.parallelize import Env
 
 
@@ -37,7 +37,7 @@ def test_meter_reports_the_means_and_rates_of_the_steps_since_the_last_log_line(
     )
     assert m == pytest.approx({
         "step": 2, "loss": 3.0, "lr": 1e-3, "grad_norm": 0.7,
-        "tokens_per_s": 80 / 2.0, "supervised_per_s": 46 / 2.0,
+        "tokens_per_s": 80 / 2.0, "supervised_per_s": 46 / 2.0, "step_seconds": 1.0,
         "mfu_standard": standard / (1e-6 * 1e12 * 2.0),
         **{
             f"mfu_{k}": sum(flops.step(p.sample_lengths, p.image_sizes)[k] for p in (a, b, c))
@@ -48,3 +48,6 @@ def test_meter_reports_the_means_and_rates_of_the_steps_since_the_last_log_line(
     meter.add([b], flops, loss=1.0, seconds=4.0)  # the next log line counts only its own steps
     m = meter.collect(step=3, lr=1e-4, grad_norm=0.1, env=env, peak_tflops=1e-6)
     assert (m["loss"], m["tokens_per_s"], m["supervised_per_s"]) == (1.0, 10.0, 7.5)
+    line = format_metrics({**m, "step": 3}, total_steps=10)  # 7 steps left at 4 s each
+    assert line.startswith("step      3/10 (30%, ETA 28 s)  loss 1.0000")
+    assert format_metrics(m).startswith("step      3  loss")

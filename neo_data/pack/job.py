@@ -20,8 +20,10 @@ a window is seconds of work, and Ray Data's streaming executor cost a driver cor
 machines for no gain here); a window's fill loss is at most one partial pack per bucket. A
 rerun after a crash redoes only unfinished windows (their shards come out identical) after
 checking that the plan is the one its markers cover (:mod:`neo_data.pack.resume`: a changed
-input is refused, naming what changed); before the index, the outputs are recounted against
-the input rows (every row packed or rejected exactly once). The index
+input is refused, naming what changed); before the index, every window's outputs are recounted
+from its files against its input rows in Ray tasks (every row packed or rejected exactly once).
+The driver holds per-unit and per-window records and counts, never a per-sample list: the text
+quota comes from counting tasks (:func:`~neo_data.pack.plan.quota_from_passes`). The index
 (:mod:`neo_data.pack.report`) is written last, and a rerun after success finds it (same
 manifest hash and inputs) and does nothing.
 """

@@ -5,8 +5,9 @@ A **unit** is one row group of a curated input file. Units of all files are inte
 their position in their file (so every window mixes the sources, and text-only files do not form
 windows of their own) and cut into **windows** of about ``pack.window_samples`` samples, each
 packed by one Ray actor call (:mod:`neo_data.pack.job`). Which text-only samples are kept is
-decided once over the whole input (:func:`text_quota`: a seeded hash of the sample id under a
-threshold from the global counts), so the text ratio is the manifest's whatever the windows. A
+decided once over the whole input (a seeded hash of the sample id under a threshold from the
+global counts, found by radix selection over counting passes that tasks run on parts of the
+input: :func:`quota_from_passes`), so the text ratio is the manifest's whatever the windows. A
 window's plan spreads its kept text over the buckets, groups each bucket's samples by first-fit
 decreasing (:mod:`neo_data.pack.packing`) and cuts the packs into shards.
 """

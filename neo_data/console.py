@@ -158,10 +158,36 @@ def _console_handler() -> logging.Handler:
 class Progress:
     """A progress line per update: ``name: done/total unit (pct), rate/s, ETA``."""
 
-    def __init__(self, name: str, total: int | None, unit: str, out: TextIO | None = None):
+    def __init__(
+        self,
+        name: str,
+        total: int | None,
+        unit: str,
+        out: TextIO | None = None,
+        every: float = 5.0,
+        heartbeat: float = 60.0,
+    ):
         self.name, self.total, self.unit = name, total, unit
         self.out = out or sys.stdout
         self.t0 = time.perf_counter()
+        self.every, self.heartbeat = every, heartbeat
+        self._last, self._last_done = self.t0, 0
+
+    def due(self, done: int) -> bool:
+        """Whether a line is due at ``done``: at the end, else when another 5% is done or
+        ``heartbeat`` seconds passed, but never sooner than ``every`` seconds after the last
+        line (a short job prints a few lines, a long one about twenty plus a heartbeat)."""
+        now = time.perf_counter()
+        if self.total and done >= self.total:
+            ok = True
+        else:
+            since = now - self._last
+            step = self.total / 20 if self.total else 0
+            crossed = bool(step) and int(done // step) > int(self._last_done // step)
+            ok = since >= self.every and (crossed or since >= self.heartbeat)
+        if ok:
+            self._last, self._last_done = now, done
+        return ok
 
     def line(self, done: int, extra: str = "") -> str:
         secs = max(time.perf_counter() - self.t0, 1e-9)

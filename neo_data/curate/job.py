@@ -323,7 +323,6 @@ def _run_bounded(
     pending: dict = {}
     results = []
     queue = list(enumerate(units))
-    step = max(1, len(units) // 20)
     done_rows = 0
     while queue or pending:
         while queue and len(pending) < limit:
@@ -332,7 +331,7 @@ def _run_bounded(
         [ready], _ = ray.wait(list(pending), num_returns=1)
         done_rows += rows[pending.pop(ready)]
         results.append(ray.get(ready))
-        if len(results) % step == 0 or not (queue or pending):
+        if progress.due(done_rows) or not (queue or pending):
             log.info(progress.line(done_rows, f"{len(results)}/{len(units)} units"))
     return results
 

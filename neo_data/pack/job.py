@@ -342,7 +342,7 @@ def _pack_windows(
     results = []
     rows = {w.window_id: sum(u.num_rows for u in w.units) for w in windows}
     progress = Progress("pack", sum(rows.values()), "rows")
-    step, done_rows = max(1, len(windows) // 20), 0
+    done_rows = 0
     try:
         for a in actors * 2:
             if queue:
@@ -352,7 +352,7 @@ def _pack_windows(
             a = pending.pop(done)
             results.append(ray.get(done))
             done_rows += rows[results[-1]["window"]]
-            if len(results) % step == 0 or len(results) == len(windows):
+            if progress.due(done_rows) or len(results) == len(windows):
                 log.info(progress.line(done_rows, f"{len(results)}/{len(windows)} windows"))
             if queue:
                 pending[a.pack_window.remote(queue.pop(), text_threshold)] = a

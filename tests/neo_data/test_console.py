@@ -66,6 +66,30 @@ def test_progress_line_has_counts_rate_and_eta():
     assert p.line(200).endswith("s") and "ETA" not in p.line(200)
 
 
+def test_progress_lines_are_due_every_five_percent_but_not_too_often(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("neo_data.console.time.perf_counter", lambda: clock[0])
+    p = Progress("curate", 1000, "rows", out=io.StringIO())
+    due = []
+    for done in range(10, 1001, 10):  # 10 rows a second for 100 s
+        clock[0] += 1.0
+        if p.due(done):
+            due.append(done)
+    # every 5% (50 rows) would be 20 lines; at most one per 5 s leaves every 50 rows here
+    assert due == list(range(50, 1001, 50))
+    clock[0], due = 0.0, []
+    p = Progress("curate", 10, "units", out=io.StringIO())
+    for done in range(1, 11):  # a short job: a unit a second
+        clock[0] += 1.0
+        if p.due(done):
+            due.append(done)
+    assert due == [5, 10]  # 5 s apart at least, and the end
+    clock[0] = 0.0
+    p = Progress("slow", 10**6, "rows", out=io.StringIO())
+    clock[0] = 61.0
+    assert p.due(1)  # no 5% yet, but a minute passed: a heartbeat
+
+
 def test_job_log_file_is_beside_the_output_never_inside(tmp_path):
     out = tmp_path / "packed" / "pretrain"
     path = job_log_file(str(out), "pack")

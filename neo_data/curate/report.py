@@ -102,17 +102,20 @@ def format_report(report: dict) -> str:
     """The table printed at the end of a curation run."""
     t = report["totals"]
     lines = [f"curation {report['manifest']['name']} -> {report['output']}"]
+    w = max([len("source"), len("total"), *(len(n) for n in report["by_source"])]) + 2
+    k = max([len("kind"), *(len(b["kind"]) for b in report["by_source"].values())]) + 2
     lines.append(
-        f"  {'source':<16}{'kind':<14}{'rows in':>9}{'kept':>9}{'rejected':>9}{'MiB in':>9}{'MiB kept':>9}"
+        f"  {'source':<{w}}{'kind':<{k}}{'rows in':>9}{'kept':>9}{'rejected':>9}{'MiB in':>9}"
+        f"{'MiB kept':>9}"
     )
     for name, b in report["by_source"].items():
         lines.append(
-            f"  {name:<16}{b['kind']:<14}{b['rows_in']:>9,}{b['kept']:>9,}"
+            f"  {name:<{w}}{b['kind']:<{k}}{b['rows_in']:>9,}{b['kept']:>9,}"
             f"{sum(b['rejected'].values()):>9,}{b['bytes_downloaded'] / 2**20:>9.1f}"
             f"{b['bytes_kept'] / 2**20:>9.1f}"
         )
     lines.append(
-        f"  {'total':<30}{t['rows_in']:>9,}{t['kept']:>9,}{t['rejected']:>9,}"
+        f"  {'total':<{w + k}}{t['rows_in']:>9,}{t['kept']:>9,}{t['rejected']:>9,}"
         f"{t['bytes_downloaded'] / 2**20:>9.1f}{t['bytes_kept'] / 2**20:>9.1f}"
     )
     if report["by_reason"]:

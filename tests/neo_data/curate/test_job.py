@@ -524,3 +524,16 @@ def test_read_rows_of_a_parquet_unit_reads_its_row_groups(tmp_path):
         assert [r["i"] for r in read_rows(str(path), "parquet", start, stop)] == list(
             range(start, stop)
         )
+
+
+def test_report_table_columns_stay_apart_for_long_source_names(run):
+    report = json.loads(json.dumps(run["result"].report))
+    report["by_source"] = {
+        "demo-conversations": {**next(iter(report["by_source"].values())), "kind": "conversation"}
+    }
+    lines = format_report(report).splitlines()
+    row = next(line for line in lines if line.strip().startswith("demo-conversations"))
+    assert row.split()[:2] == ["demo-conversations", "conversation"]
+    header = next(line for line in lines if line.strip().startswith("source"))
+    total = next(line for line in lines if line.strip().startswith("total"))
+    assert len(header) == len(row) == len(total)  # the numbers line up under their headers

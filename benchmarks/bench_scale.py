@@ -6,8 +6,9 @@
 For every stage and size (each size in a fresh process, so the driver's peak is its own):
 
 * ``curate``: N caption rows of small distinct JPEGs (every 10th a copy of an earlier one,
-  every 10th a re-encoded near copy) behind a loopback HTTP server (``neo_data.synthetic.web``),
-  through ``run_curate`` (download, filter, hash, dedup, finalize, report);
+  every 10th a re-encoded near copy) behind a loopback HTTP server (``python -m http.server`` in
+  its own process, its CPU and memory not counted: it is the web), through ``run_curate``
+  (download, filter, hash, dedup, finalize, report); the inputs are made by a child process;
 * ``dedup``: the dedup stage alone (``neo_data.curate.dedup_stage``) on precomputed keys (10%
   exact copies, 10% near copies a few bits away): downloading a million images is not its point;
 * ``pack``: N curated rows of small JPEGs through ``run_pack``.
@@ -22,6 +23,7 @@ machine the figures carry its contention: compare the ratios, taken in the same 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -78,8 +80,9 @@ def _proc(pid: int) -> tuple[int, float, int, str] | None:
 class Sampler:
     """Peak RSS of this process and of its Ray workers, and the CPU time of all descendants."""
 
-    def __init__(self, every: float = 0.2):
+    def __init__(self, every: float = 0.2, exclude: tuple[int, ...] = ()):
         self.me = os.getpid()
+        self.exclude = set(exclude)  # processes that are not the job's (the loopback web)
         self.every = every
         self.driver_peak = self.worker_peak = 0
         self.cpu: dict[int, float] = {}
@@ -95,7 +98,11 @@ class Sampler:
         keep, frontier = {}, {self.me}
         while frontier:
             keep.update({p: procs[p] for p in frontier if p in procs})
-            frontier = {p for p, info in procs.items() if info[0] in frontier and p not in keep}
+            frontier = {
+                p
+                for p, info in procs.items()
+                if info[0] in frontier and p not in keep and p not in self.exclude
+            }
         return keep
 
     def _tick(self) -> None:
@@ -144,14 +151,12 @@ def caption(rng: random.Random) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_curate_stage(n: int, tmp: Path, workers: int) -> dict:
-    from neo_data.curate.job import run_curate
-    from neo_data.manifest import Manifest
-    from neo_data.synthetic.web import serve_directory
-
+def write_curate_input(n: int, tmp: Path, base: str) -> None:
+    """``tmp/web``: N small JPEGs (every 10th a copy of an earlier URL's bytes, every 10th a
+    re-encoded near copy); ``tmp/src.parquet``: their URLs under ``base`` and captions. Run in a
+    child process (``--make-curate-input``), so the driver's peak is the job's, not the inputs'."""
     rng, prng = np.random.default_rng(0), random.Random(0)
-    (tmp / "web").mkdir()
-    names = []
+    names: list[str] = []
     for i in range(n):
         if i % 10 == 3 and i > 10:
             names.append(names[prng.randrange(i - 1)])  # the same URL's bytes: exact copy
@@ -165,11 +170,39 @@ def run_curate_stage(n: int, tmp: Path, workers: int) -> dict:
             data = buf.getvalue()
         (tmp / "web" / name).write_bytes(data)
         names.append(name)
-    with serve_directory(tmp / "web") as base:
-        urls = [f"{base}/{name}" for name in names]
-        pq.write_table(
-            pa.table({"url": urls, "caption": [caption(prng) for _ in range(n)]}),
-            tmp / "src.parquet",
+    pq.write_table(
+        pa.table({"url": [f"{base}/{name}" for name in names],
+                  "caption": [caption(prng) for _ in range(n)]}),
+        tmp / "src.parquet", row_group_size=ROWS_PER_UNIT,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def static_server(root: Path):
+    """``python -m http.server`` on 127.0.0.1 in its own process (its buffers are not the
+    driver's, and its CPU is the web's, not the job's); yields the base URL and its pid."""
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+         "--directory", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N (http://...) ..."
+        port = int(line.split(" port ")[1].split()[0])
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def run_curate_stage(n: int, tmp: Path, workers: int) -> dict:
+    from neo_data.curate.job import run_curate
+    from neo_data.manifest import Manifest
+
+    (tmp / "web").mkdir()
+    with static_server(tmp / "web") as (base, server_pid):
+        subprocess.run(
+            [sys.executable, __file__, "--make-curate-input", str(n), str(tmp), base], check=True
         )
         manifest = Manifest.model_validate(
             {
@@ -185,7 +218,7 @@ def run_curate_stage(n: int, tmp: Path, workers: int) -> dict:
                 },
             }
         )  # fmt: skip
-        with Sampler() as s:
+        with Sampler(exclude=(server_pid,)) as s:
             t0 = time.perf_counter()
             report = run_curate(manifest, concurrency=workers).report
             wall = time.perf_counter() - t0
@@ -326,7 +359,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     ap.add_argument("--nodes", type=int, default=16, help="machines like this one, projected")
     ap.add_argument("--inline", action="store_true", help="one process (tests); else one per run")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # stage:size, run by the parent
+    ap.add_argument("--make-curate-input", nargs=3, help=argparse.SUPPRESS)  # N DIR BASE_URL
     args = ap.parse_args(argv)
+    if args.make_curate_input:
+        n, tmp, base = args.make_curate_input
+        write_curate_input(int(n), Path(tmp), base)
+        return {}
     if args.one:
         stage, n = args.one.split(":")
         print(json.dumps(measure(stage, int(n), args.workers)))

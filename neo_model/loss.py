@@ -3,8 +3,7 @@
 Two paths share :func:`loss_weights`: :func:`causal_lm_loss` on full ``[B, L, vocab]`` logits
 (the weighted mean that ``NeoChatModel(..., labels=...)`` returns), and
 :func:`chunked_token_loss` on hidden states (the trainer's path: the vocabulary projection runs
-in chunks, never for every position at once, with its gradients fused into the forward pass).
-Both compute the cross-entropy in fp32.
+in chunks, never for every position at once, with its gradients fused into the forward pass). Both compute the cross-entropy in fp32.
 """
 
 from __future__ import annotations

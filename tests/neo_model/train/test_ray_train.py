@@ -118,7 +118,28 @@ def test_two_ranks_equal_one_rank_accumulating_the_same_packs(uninterrupted, tin
     s3fs.S3FileSystem().get(
         f"{out.removeprefix('s3://')}/export/", str(tmp_path / "two") + "/", recursive=True
     )
-    assert_same_weights(tmp_path / "one" / "export", tmp_path / "two", atol=2e-6)
+    # the logged loss (each step's global weighted mean) is where a normalisation error shows
+    one_rank = [
+        json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if x
+    ]
+    assert one_rank[-1]["step"] == uninterrupted[2].metrics["step"] == 6
+    assert one_rank[-1]["loss"] == pytest.approx(uninterrupted[2].metrics["loss"], rel=1e-5)
+    assert_nearly_same_weights(tmp_path / "one" / "export", tmp_path / "two")
+
+
+def assert_nearly_same_weights(a_dir, b_dir, atol=2e-6, rtol=1e-4, share=1e-4, bound=1e-3):
+    """The same weights up to summation order: 1 rank accumulating and 2 ranks all-reducing add
+    the same gradients in another order, and AdamW turns a float-noise difference of a
+    near-zero gradient into up to a step of ``lr`` (1e-3 here). So all but ``share`` of the
+    elements must agree to ``atol``/``rtol``, and none may differ by more than ``bound``."""
+    a, b = from_pretrained(a_dir), from_pretrained(b_dir)
+    off = total = 0
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        diff = (p.float() - q.float()).abs()
+        assert float(diff.max()) <= bound, (name, float(diff.max()))
+        off += int((diff > atol + rtol * q.float().abs()).sum())
+        total += diff.numel()
+    assert off <= share * total, f"{off} of {total} elements differ beyond {atol}"
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint_on_the_very_next_packs(

@@ -58,6 +58,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from neo_data.console import Progress
 from neo_data.curate.dedup_stage import remove_work, run_dedup, unit_duplicates
 from neo_data.curate.fetch import img2dataset_downloader
 from neo_data.curate.plan import Unit, curate_spec_of, plan_units, spec_hash
@@ -311,15 +312,13 @@ def _run_bounded(
 ) -> list[dict]:
     """Run one task per unit with at most ``limit`` in flight (a bounded number of units'
     images in memory; a failed task raises here, and the rerun resumes). A progress line (rows
-    when the items are curate units, else items; rate and ETA) about every 5% of the items."""
+    when the items are curate units, else tasks; rate and ETA) when
+    :meth:`~neo_data.console.Progress.due`."""
     import ray
 
-    from neo_data.console import Progress
-
-    rows = [u.stop - u.start if isinstance(u, Unit) else 1 for u in units]
-    progress = Progress(
-        name, sum(rows), "rows" if units and isinstance(units[0], Unit) else "tasks"
-    )
+    curate_units = bool(units) and isinstance(units[0], Unit)
+    rows = [u.stop - u.start for u in units] if curate_units else [1] * len(units)
+    progress = Progress(name, sum(rows), "rows" if curate_units else "tasks")
     pending: dict = {}
     results = []
     queue = list(enumerate(units))
@@ -332,7 +331,8 @@ def _run_bounded(
         done_rows += rows[pending.pop(ready)]
         results.append(ray.get(ready))
         if progress.due(done_rows) or not (queue or pending):
-            log.info(progress.line(done_rows, f"{len(results)}/{len(units)} units"))
+            extra = f"{len(results)}/{len(units)} units" if curate_units else ""
+            log.info(progress.line(done_rows, extra))
     return results
 
 

@@ -37,11 +37,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from neo_data.console import Progress
 from neo_data.encoding.encode import EncodeSettings, SampleEncoder, SampleRejected
 from neo_data.encoding.tokens import load_tokenizer
 from neo_data.format.schema import (
@@ -66,7 +66,6 @@ from neo_data.manifest import Manifest
 from neo_data.pack.packing import build_pack
 from neo_data.pack.plan import (
     LENGTH_SCHEMA,
-    RADIX_BITS,
     KeyCounts,
     Unit,
     Window,
@@ -335,8 +334,6 @@ def _pack_windows(
     actor = ray.remote(num_cpus=1)(PackWindows)
     manifest_json = manifest.model_dump_json()
     actors = [actor.remote(manifest_json, output) for _ in range(workers)]
-    from neo_data.console import Progress
-
     queue = list(reversed(windows))
     pending: dict = {}
     results = []
@@ -400,7 +397,7 @@ def _count_passes(units: list[Unit], seed: int, workers: int):
 
     def count(prefix: int, bits: int, collect: bool) -> KeyCounts:
         refs = [task.remote(b, seed, prefix, bits, collect) for b in batches]
-        total = KeyCounts(hist=np.zeros(1 << RADIX_BITS, np.int64)) if not collect else KeyCounts()
+        total = KeyCounts()
         while refs:
             [done], refs = ray.wait(refs, num_returns=1)
             total = total.merge(ray.get(done))

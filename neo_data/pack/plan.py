@@ -146,24 +146,18 @@ class KeyCounts:
     rows: int = 0
     text_rows: int = 0
     hist: np.ndarray | None = None  # int64[2**RADIX_BITS]
-    keys: np.ndarray | None = None  # uint64, sorted
+    keys: np.ndarray | None = None  # uint64, in no order
 
     def merge(self, other: KeyCounts) -> KeyCounts:
-        hist = (
-            self.hist
-            if other.hist is None
-            else (other.hist if self.hist is None else self.hist + other.hist)
+        def add(a, b, op):
+            return b if a is None else a if b is None else op(a, b)
+
+        return KeyCounts(
+            self.rows + other.rows,
+            self.text_rows + other.text_rows,
+            add(self.hist, other.hist, np.add),
+            add(self.keys, other.keys, lambda a, b: np.concatenate([a, b])),
         )
-        keys = (
-            self.keys
-            if other.keys is None
-            else (
-                other.keys
-                if self.keys is None
-                else np.sort(np.concatenate([self.keys, other.keys]))
-            )
-        )
-        return KeyCounts(self.rows + other.rows, self.text_rows + other.text_rows, hist, keys)
 
 
 def key_counts(
@@ -177,7 +171,7 @@ def key_counts(
         keys = keys[(keys >> np.uint64(64 - prefix_bits)) == np.uint64(prefix)]
     out = KeyCounts(len(flags), int(flags.sum()))
     if collect:
-        out.keys = np.sort(keys)
+        out.keys = keys
     else:
         shift = np.uint64(64 - prefix_bits - RADIX_BITS)
         digits = ((keys >> shift) & np.uint64((1 << RADIX_BITS) - 1)).astype(np.int64)
@@ -194,7 +188,7 @@ def quota_from_passes(
     """The text quota by radix selection over counting passes: ``count(prefix, prefix_bits,
     collect)`` runs :func:`key_counts` over the whole input (in tasks, merged) and returns the
     merged result. The ``target``-th smallest key (0-based) is found 16 bits per pass; once its
-    bin holds at most ``collect_keys`` keys they are collected and sorted. The caller holds one
+    bin holds at most ``collect_keys`` keys they are collected and the one of its rank taken. The caller holds one
     histogram and at most ``collect_keys`` keys, whatever the input's size; usually two passes."""
     first = count(0, 0, False)
     n_text, n_mm = first.text_rows, first.rows - first.text_rows
@@ -213,7 +207,7 @@ def quota_from_passes(
             break
         if in_bin <= collect_keys:
             keys = count(prefix, bits, True).keys
-            threshold = int(keys[rank])
+            threshold = int(np.partition(keys, rank)[rank])
             break
         hist = count(prefix, bits, False).hist
     return TextQuota(first.rows, n_text, target, threshold)

@@ -3,7 +3,8 @@
 Two paths share :func:`loss_weights`: :func:`causal_lm_loss` on full ``[B, L, vocab]`` logits
 (the weighted mean that ``NeoChatModel(..., labels=...)`` returns), and
 :func:`chunked_token_loss` on hidden states (the trainer's path: the vocabulary projection runs
-in recomputed chunks, never for every position at once). Both compute the cross-entropy in fp32.
+in chunks, never for every position at once, with its gradients fused into the forward pass).
+Both compute the cross-entropy in fp32.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from neo_data.encoding.tokens import IGNORE_INDEX
 
@@ -58,11 +58,58 @@ def weighted_token_loss(
 LOSS_CHUNK = 512  # supervised tokens per vocabulary-projection chunk
 
 
-def _chunk_loss(
-    hidden: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    logits = F.linear(hidden, head).float()
-    return (F.cross_entropy(logits, labels, reduction="none") * weights).sum()
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``sum_i w_i CE(hidden_i @ head.T, labels_i)`` with its gradients computed in the forward
+    pass, one ``chunk`` of rows at a time (a fused linear cross-entropy): a chunk's logits
+    become ``w * (softmax - onehot)`` right away, which gives that chunk's share of the gradient
+    of ``hidden`` and of ``head``; the backward pass only scales them by the incoming gradient.
+    Each chunk's ``[chunk, vocab]`` logits exist once: no recomputation in the backward pass,
+    one vocabulary projection and one softmax per row (instead of two of each and a softmax
+    backward). The price is a ``head``-sized fp32 gradient buffer held from the forward pass to
+    the backward pass; a frozen ``head`` (stage 1) needs none, a ``hidden`` without grad none of
+    its own."""
+
+    @staticmethod
+    def forward(ctx, hidden, head, labels, weights, chunk):  # noqa: D102
+        need_hidden, need_head = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.zeros_like(hidden) if need_hidden else None
+        grad_head = (
+            torch.zeros_like(head, dtype=torch.promote_types(head.dtype, torch.float32))
+            if need_head
+            else None
+        )
+        for s in range(0, hidden.shape[0], chunk):
+            h, y, w = hidden[s : s + chunk], labels[s : s + chunk], weights[s : s + chunk]
+            logits = F.linear(h, head).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            target = logits.gather(1, y[:, None])[:, 0]
+            total += ((lse - target) * w).sum()
+            if not (need_hidden or need_head):
+                continue
+            # d/dlogits of w * CE: w * (softmax - onehot), in place over the logits
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad.scatter_add_(1, y[:, None], -torch.ones_like(target)[:, None])
+            grad.mul_(w[:, None])
+            grad = grad.to(h.dtype)
+            if need_hidden:
+                grad_hidden[s : s + chunk] = grad @ head.to(h.dtype)
+            if need_head:
+                grad_head += (grad.t() @ h).to(grad_head.dtype)
+        ctx.save_for_backward(*(g for g in (grad_hidden, grad_head) if g is not None))
+        ctx.head_dtype = head.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):  # noqa: D102
+        saved = iter(ctx.saved_tensors)
+        grad_hidden = grad_head = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = next(saved)
+            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_head = (next(saved) * grad_total).to(ctx.head_dtype)
+        return grad_hidden, grad_head, None, None, None
 
 
 def chunked_token_loss(
@@ -73,16 +120,9 @@ def chunked_token_loss(
     chunk: int | None = None,
 ) -> torch.Tensor:
     """``sum_i weights_i * CE(hidden_i @ head.T, labels_i)`` over ``[N, hidden]`` rows, one
-    ``chunk`` of rows at a time, each recomputed in the backward pass (activation
-    checkpointing): the peak is one chunk's ``[chunk, vocab]`` logits, not ``[N, vocab]``."""
-    chunk = chunk or LOSS_CHUNK
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, hidden.shape[0], chunk):
-        e = s + chunk
-        total = total + checkpoint(
-            _chunk_loss, hidden[s:e], head, labels[s:e], weights[s:e], use_reentrant=False
-        )
-    return total
+    ``chunk`` of rows at a time (:class:`_LinearCrossEntropy`): the peak is one chunk's
+    ``[chunk, vocab]`` logits, not ``[N, vocab]``, and no chunk is projected twice."""
+    return _LinearCrossEntropy.apply(hidden, head, labels, weights, chunk or LOSS_CHUNK)
 
 
 def causal_lm_loss(

@@ -363,8 +363,9 @@ class NeoChatModel(nn.Module):
             loss_weights: ``[B, L]`` per-token weights (:func:`neo_model.loss.loss_weights`)
                 with ``labels``: the training path. Returns ``loss = sum_i w_i CE_i`` (not
                 divided) and no logits; the vocabulary projection runs only at weighted
-                positions, in chunks recomputed in the backward pass, so ``[tokens, vocab]``
-                logits never exist at once (150k-word vocabularies dominate memory otherwise).
+                positions, in chunks whose gradients are made in the forward pass (a fused
+                linear cross-entropy, :mod:`neo_model.loss`), so ``[tokens, vocab]`` logits
+                never exist at once (150k-word vocabularies dominate memory otherwise).
             logits_to_keep: > 0: logits of the last ``logits_to_keep`` positions only,
                 ``[B, logits_to_keep, vocab]`` (as in transformers; prefill needs one, not a
                 ``[B, L, vocab]`` tensor); 0: every position. Not with ``labels``.

@@ -31,3 +31,30 @@ def test_sample_sqrt_weighting_keeps_rows_apart():
     third = 3**-0.5
     torch.testing.assert_close(got, torch.tensor([[third, third, third, 0], [1.0, 0, 1.0, 0]]))
     assert torch.equal(loss_weights(labels, sample_ids, "token"), (labels != -100).float())
+
+
+def test_fused_chunked_loss_matches_autograd_on_full_logits():
+    """chunked_token_loss (gradients fused into the forward pass, several chunks, the last one
+    short) against plain autograd on all logits; a frozen head (stage 1) gets no gradient and
+    the hidden states still get theirs; the incoming gradient scales both."""
+    from neo_model.loss import chunked_token_loss
+
+    torch.manual_seed(0)
+    hidden = torch.randn(7, 5, dtype=torch.float64)
+    head = torch.randn(11, 5, dtype=torch.float64)
+    labels = torch.randint(0, 11, (7,))
+    weights = torch.rand(7)
+    for head_trains in (True, False):
+        h_ref = hidden.clone().requires_grad_()
+        w_ref = head.clone().requires_grad_(head_trains)
+        ce = F.cross_entropy((h_ref @ w_ref.T).float(), labels, reduction="none")
+        (3.0 * (ce * weights).sum()).backward()
+        h, w = hidden.clone().requires_grad_(), head.clone().requires_grad_(head_trains)
+        loss = chunked_token_loss(h, w, labels, weights, chunk=3)
+        (3.0 * loss).backward()
+        torch.testing.assert_close(loss, (ce * weights).sum().detach())
+        torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-5, atol=1e-6)
+        if head_trains:
+            torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
+        else:
+            assert w.grad is None

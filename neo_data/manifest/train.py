@@ -117,6 +117,9 @@ class TrainSpec(Strict):
     attention: Literal["mixed", "causal"] | None = None
     lr: Annotated[float | None, Field(gt=0)] = None  # default: the paper's, by stage
     min_lr_ratio: Annotated[float | None, Field(ge=0, le=1)] = None
+    # the patch embedding's LR is lr x this (the only weights a language-model start lacks
+    # entirely; LLaVA-style recipes give the new vision parts their own LR)
+    vision_lr_scale: Annotated[float, Field(gt=0)] = 1.0
     warmup: Annotated[float, Field(ge=0, lt=1)] = 0.01  # fraction of steps
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     betas: tuple[float, float] = (0.9, 0.95)

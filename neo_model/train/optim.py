@@ -17,24 +17,29 @@ import torch
 from neo_data.manifest.train import TrainSpec
 from neo_model.model import NeoChatModel
 
+VISION_PREFIX = "vision_model."  # the patch embedding's parameters (vision_lr_scale)
+
 
 def build_optimizer(
     model: NeoChatModel, spec: TrainSpec, stage: str, total_steps: int
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the trainable parameters (no weight decay on norms and 1-D weights) and the
-    schedule: linear warm-up over ``warmup`` of the steps, then cosine to ``min_lr_ratio``."""
+    """AdamW over the trainable parameters (no weight decay on norms and 1-D weights; the patch
+    embedding at ``vision_lr_scale`` times the peak) and the schedule: linear warm-up over
+    ``warmup`` of the steps, then cosine to ``min_lr_ratio``."""
     peak, min_ratio = spec.resolved_lr(stage)
-    decay, no_decay = [], []
-    for p in model.parameters():
+    groups: dict[tuple[bool, bool], list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": spec.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+            key = (name.startswith(VISION_PREFIX), p.ndim >= 2)
+            groups.setdefault(key, []).append(p)
     opt = torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=peak, betas=tuple(spec.betas),
-        **adamw_implementation(decay + no_decay),
+        [
+            {"params": params, "weight_decay": spec.weight_decay if decays else 0.0,
+             "lr": peak * (spec.vision_lr_scale if vision else 1.0)}
+            for (vision, decays), params in sorted(groups.items())
+        ],
+        lr=peak, betas=tuple(spec.betas),
+        **adamw_implementation([p for params in groups.values() for p in params]),
     )  # fmt: skip
     warmup = max(1, round(spec.warmup * total_steps)) if spec.warmup > 0 else 0
 

@@ -44,7 +44,9 @@ def test_adamw_over_the_trained_parameters_decays_matrices_only_on_the_stage_sch
     )  # fmt: skip
     opt, sched = build_optimizer(model, spec, "pretrain", spec.steps)
     by_id = {id(p): n for n, p in model.named_parameters()}
-    groups = {g["weight_decay"]: {by_id[id(p)] for p in g["params"]} for g in opt.param_groups}
+    groups: dict[float, set[str]] = {}
+    for g in opt.param_groups:
+        groups.setdefault(g["weight_decay"], set()).update(by_id[id(p)] for p in g["params"])
     params = dict(model.named_parameters())
     trained = {n for n, p in params.items() if p.requires_grad}
     assert groups == {
@@ -65,6 +67,28 @@ def test_adamw_over_the_trained_parameters_decays_matrices_only_on_the_stage_sch
         sched.step()
     assert used == pytest.approx(expected, rel=1e-9)
     assert opt.param_groups[0]["lr"] == pytest.approx(peak * ratio)
+
+
+def test_the_patch_embedding_trains_at_vision_lr_scale_times_the_peak():
+    """``vision_lr_scale: 10``: every ``vision_model.*`` parameter (and no other) is in a group
+    at 10 x the peak, through the warm-up and the cosine; the rest keep the peak's schedule."""
+    cfg = debug()
+    model = NeoChatModel(cfg)
+    set_trainable(model, cfg, "pretrain", "stage")
+    spec = TrainSpec(init={"kind": "random"}, output="x", steps=10, lr=1e-3, vision_lr_scale=10)
+    opt, sched = build_optimizer(model, spec, "pretrain", spec.steps)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    fast = {by_id[id(p)] for g in opt.param_groups if g["lr"] == 1e-2 for p in g["params"]}
+    slow = {by_id[id(p)] for g in opt.param_groups if g["lr"] == 1e-3 for p in g["params"]}
+    assert fast == {n for n in trained if n.startswith("vision_model.")} and fast
+    assert slow == trained - fast and slow
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    factors = [g["lr"] / g["initial_lr"] for g in opt.param_groups]
+    assert factors == pytest.approx([factors[0]] * len(factors)) and 0 < factors[0] < 1
+    assert {g["initial_lr"] for g in opt.param_groups} == {1e-2, 1e-3}
 
 
 def _sharded_mlp(seed: int) -> torch.nn.Module:

@@ -188,8 +188,9 @@ def quota_from_passes(
     """The text quota by radix selection over counting passes: ``count(prefix, prefix_bits,
     collect)`` runs :func:`key_counts` over the whole input (in tasks, merged) and returns the
     merged result. The ``target``-th smallest key (0-based) is found 16 bits per pass; once its
-    bin holds at most ``collect_keys`` keys they are collected and the one of its rank taken. The caller holds one
-    histogram and at most ``collect_keys`` keys, whatever the input's size; usually two passes."""
+    bin holds at most ``collect_keys`` keys they are collected and the key of that rank picked.
+    The caller holds one histogram and at most ``collect_keys`` keys, whatever the input's size;
+    usually two passes."""
     first = count(0, 0, False)
     n_text, n_mm = first.text_rows, first.rows - first.text_rows
     target = n_text if n_mm == 0 else min(n_text, int(round(ratio / (1.0 - ratio) * n_mm)))

@@ -38,7 +38,7 @@ def build_optimizer(
              "lr": peak * (spec.vision_lr_scale if vision else 1.0)}
             for (vision, decays), params in sorted(groups.items())
         ],
-        lr=peak, betas=tuple(spec.betas),
+        betas=tuple(spec.betas),
         **adamw_implementation([p for params in groups.values() for p in params]),
     )  # fmt: skip
     warmup = max(1, round(spec.warmup * total_steps)) if spec.warmup > 0 else 0

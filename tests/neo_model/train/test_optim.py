@@ -79,8 +79,8 @@ def test_the_patch_embedding_trains_at_vision_lr_scale_times_the_peak():
     opt, sched = build_optimizer(model, spec, "pretrain", spec.steps)
     by_id = {id(p): n for n, p in model.named_parameters()}
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    fast = {by_id[id(p)] for g in opt.param_groups if g["lr"] == 1e-2 for p in g["params"]}
-    slow = {by_id[id(p)] for g in opt.param_groups if g["lr"] == 1e-3 for p in g["params"]}
+    fast = {by_id[id(p)] for g in opt.param_groups if g["initial_lr"] == 1e-2 for p in g["params"]}
+    slow = {by_id[id(p)] for g in opt.param_groups if g["initial_lr"] == 1e-3 for p in g["params"]}
     assert fast == {n for n in trained if n.startswith("vision_model.")} and fast
     assert slow == trained - fast and slow
     for _ in range(5):

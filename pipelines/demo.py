@@ -149,7 +149,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--conversations", type=int, default=1200)
     ap.add_argument("--texts", type=int, default=120)
     ap.add_argument("--held-out", type=int, default=96, help="held-out scenes scored at the end")
-    ap.add_argument("--image-size", type=int, default=96, help="px (96: 3x3 image tokens)")
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=96,
+        help="px, rendered and packed (96: 3x3 image tokens; 192: 6x6)",
+    )
     ap.add_argument("--lm-steps", type=int, default=150, help="steps of the language model")
     ap.add_argument("--lm-lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -168,13 +173,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def stage_manifests(root: str, train_steps: int | None, scale: float) -> list[Manifest]:
+def stage_manifests(
+    root: str, train_steps: int | None, scale: float, image_size: int | None = None
+) -> list[Manifest]:
     """The three stage manifests under ``root``, with ``train_steps`` (every stage) or each
-    stage's own steps times ``scale`` (checkpointing at the last step)."""
+    stage's own steps times ``scale`` (checkpointing at the last step), and every image packed
+    at ``image_size`` x ``image_size`` px (default: the manifests' pixel budget)."""
     out = []
     for name in STAGE_MANIFESTS:
         steps = train_steps or max(1, round(load_manifest(example_path(name)).train.steps * scale))
-        overrides = {"train.steps": steps, "train.checkpoint_every": steps}
+        overrides: dict[str, Any] = {"train.steps": steps, "train.checkpoint_every": steps}
+        if image_size is not None:
+            pixels = image_size * image_size
+            overrides.update({"pack.min_pixels": pixels, "pack.max_pixels": pixels})
         out.append(relocate(load_manifest(example_path(name), overrides), root))
     return out
 
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     prepare_out(out)
     root = str(out).rstrip("/")
-    stages = stage_manifests(root, args.train_steps, args.scale)
+    stages = stage_manifests(root, args.train_steps, args.scale, args.image_size)
     first = stages[0]
     pack = first.resolved_pack()
     rows = WebRows(size=args.image_size)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -152,8 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--image-size",
         type=int,
-        default=96,
-        help="px, rendered and packed (96: 3x3 image tokens; 192: 6x6)",
+        default=None,
+        help="px, rendered and packed (default: demo.yaml's pixel budget, 96: 3x3 image tokens)",
     )
     ap.add_argument("--lm-steps", type=int, default=150, help="steps of the language model")
     ap.add_argument("--lm-lr", type=float, default=3e-3)
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = stage_manifests(root, args.train_steps, args.scale, args.image_size)
     first = stages[0]
     pack = first.resolved_pack()
+    args.image_size = args.image_size or math.isqrt(pack.max_pixels)  # the manifest's side
     rows = WebRows(size=args.image_size)
     steps = Steps(planned=4 + 2 * len(stages) + 2)
     tok = load_tokenizer(pack.tokenizer)
